@@ -1,0 +1,38 @@
+# posweep: `make demo` runs the built-in sweep and its report; `make test` runs the tests.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test demo bench lint format clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# CPU torch first (a local wheel); an unpinned torch would pull several GB of CUDA wheels.
+	$(BIN)/python -m pip install --quiet "torch==2.13.0"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+demo: install
+	$(BIN)/posweep run recipes/tiny.yaml
+	$(BIN)/posweep report results/tiny
+
+bench: install
+	$(BIN)/python benchmarks/run.py
+
+lint: install
+	$(BIN)/ruff check sweep tests benchmarks
+	$(BIN)/ruff format --check sweep tests benchmarks
+
+format: install
+	$(BIN)/ruff format sweep tests benchmarks
+	$(BIN)/ruff check --fix sweep tests benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,3 @@
+"""posweep: hyperparameter sweeps for preference optimization, with robustness reports."""
+
+__version__ = "0.1.0"

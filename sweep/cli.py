@@ -1,0 +1,234 @@
+"""The `posweep` command line. Parses arguments and calls the stages; heavy imports stay inside commands."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    name="posweep",
+    help="Sweep preference-optimization (*PO) methods and hyperparameters with TRL; report robustness.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+rm_app = typer.Typer(help="Reward (preference) models: train a judge.", no_args_is_help=True)
+app.add_typer(rm_app, name="rm")
+
+RecipeArg = Annotated[Path, typer.Argument(help="recipe YAML file", show_default=False)]
+ResultsArg = Annotated[Path, typer.Argument(help="a sweep folder (results/<name>)", show_default=False)]
+
+
+def _fail(message: str, code: int) -> None:
+    typer.echo(message, err=True)
+    raise typer.Exit(code)
+
+
+def user_errors(command):
+    """Turn UserError into its message on stderr and exit code 2 (no traceback)."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from sweep.errors import UserError
+        from sweep.recipe import RecipeError
+
+        try:
+            return command(*args, **kwargs)
+        except RecipeError as error:
+            _fail(str(error), 2)
+        except UserError as error:
+            _fail(f"error: {error}", 2)
+
+    return wrapper
+
+
+@app.command()
+@user_errors
+def validate(files: Annotated[list[Path], typer.Argument(help="recipe files", show_default=False)]) -> None:
+    """Check recipes: exit 0 when all are valid, 2 when any is not (every problem is listed)."""
+    from sweep.plan import plan_recipe
+    from sweep.recipe import RecipeError, load_recipe
+
+    failed = False
+    for file in files:
+        try:
+            plan = plan_recipe(load_recipe(file))
+        except RecipeError as error:
+            typer.echo(str(error), err=True)
+            failed = True
+        else:
+            typer.echo(f"{file}: ok ({plan.total} trials, {plan.strategy})")
+    if failed:
+        raise typer.Exit(2)
+
+
+@app.command()
+@user_errors
+def plan(recipe: RecipeArg) -> None:
+    """Print the trials a recipe expands to (id, method, hyperparameters, seed) and the total."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from sweep.plan import format_value, plan_recipe
+    from sweep.recipe import Distribution, load_recipe
+
+    planned = plan_recipe(load_recipe(recipe))
+    console = Console(width=max(Console().width, 100))
+    if planned.strategy == "grid":
+        table = Table("trial id", "method", "hyperparameters", "seed", box=None, pad_edge=False)
+        for trial in planned.trials:
+            params = "  ".join(f"{k}={format_value(v)}" for k, v in trial.params.items())
+            table.add_row(trial.trial_id, trial.method, params, str(trial.seed))
+    else:
+        table = Table("method", "search space", box=None, pad_edge=False)
+        for method, space in planned.spaces.items():
+            parts = []
+            for name, values in space.items():
+                if isinstance(values, Distribution):
+                    scale = " log" if values.log else ""
+                    parts.append(f"{name}~[{format_value(values.low)}, {format_value(values.high)}]{scale}")
+                else:
+                    parts.append(f"{name} in {{{', '.join(format_value(v) for v in values)}}}")
+            table.add_row(method, "  ".join(parts))
+    console.print(table)
+    extra = (
+        "" if planned.strategy == "grid" else f" ({planned.n_trials} per method and seed, {planned.strategy})"
+    )
+    console.print(f"total: {planned.total} trials{extra}; plan hash {planned.hash}")
+
+
+@app.command()
+def methods() -> None:
+    """List the *PO methods posweep knows: TRL trainer, hyperparameters and defaults."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from sweep.methods import REGISTRY
+    from sweep.plan import format_value
+
+    table = Table("method", "TRL trainer", "hyperparameters (default)", "reference", "data", "about")
+    for entry in REGISTRY.values():
+        params = ", ".join(f"{k}={format_value(v)}" for k, v in entry.defaults.items())
+        table.add_row(
+            entry.name, entry.trainer.replace(":", "."), params, entry.reference, entry.data, entry.summary
+        )
+    Console(width=max(Console().width, 160)).print(table)
+
+
+@app.command()
+@user_errors
+def run(
+    recipe: RecipeArg,
+    results: Annotated[
+        Path | None, typer.Option(help="results root (default: execution.results_dir)")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="trials run at a time on this machine")] = None,
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL or env:VAR")] = None,
+    max_trials: Annotated[int | None, typer.Option(min=1, help="stop after this many trials")] = None,
+    new: Annotated[
+        bool, typer.Option("--new", help="start a new sweep folder when the plan changed")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar; one line per trial")] = False,
+) -> None:
+    """Run (or resume) a sweep: train and evaluate every trial, writing results/<name>/."""
+    from sweep.recipe import load_recipe
+    from sweep.study import run_sweep
+
+    code = run_sweep(
+        load_recipe(recipe),
+        results=results,
+        workers=workers,
+        storage=storage,
+        max_trials=max_trials,
+        new=new,
+        quiet=quiet,
+    )
+    raise typer.Exit(code)
+
+
+@app.command()
+@user_errors
+def status(sweep_dir: ResultsArg) -> None:
+    """Show a sweep's trial states, objectives, counts, elapsed and remaining time."""
+    from sweep.study import print_status
+
+    print_status(sweep_dir)
+
+
+@app.command()
+@user_errors
+def report(
+    sweep_dirs: Annotated[list[Path], typer.Argument(help="one or more sweep folders", show_default=False)],
+    out: Annotated[Path | None, typer.Option(help="output folder (default: FIRST_DIR/report)")] = None,
+    metric: Annotated[str | None, typer.Option(help="objective metric key (default: the sweep's)")] = None,
+) -> None:
+    """Write robustness tables, figures and a self-contained index.html for finished or running sweeps."""
+    from sweep.report import build_report
+
+    folder = build_report(list(sweep_dirs), out=out, metric=metric)
+    typer.echo(f"report: {folder / 'index.html'}")
+
+
+@rm_app.command("train")
+@user_errors
+def rm_train(
+    data: Annotated[
+        str, typer.Argument(help="preference data: local file, Hub id, or builtin:NAME", show_default=False)
+    ],
+    model: Annotated[str, typer.Option(help="base model (directory or Hub id)", show_default=False)],
+    out: Annotated[Path, typer.Option(help="output directory for the reward model", show_default=False)],
+    split: Annotated[str, typer.Option(help="dataset split")] = "train",
+    prompt: Annotated[str, typer.Option(help="prompt column")] = "prompt",
+    chosen: Annotated[str, typer.Option(help="chosen column")] = "chosen",
+    rejected: Annotated[str, typer.Option(help="rejected column")] = "rejected",
+    max_samples: Annotated[int | None, typer.Option(min=1, help="use at most this many pairs")] = None,
+    eval_fraction: Annotated[float, typer.Option(min=0.01, max=0.9, help="held-out fraction")] = 0.1,
+    epochs: Annotated[float, typer.Option(min=0.01, help="training epochs")] = 1.0,
+    learning_rate: Annotated[float, typer.Option(min=0.0, help="learning rate")] = 1e-5,
+    batch_size: Annotated[int, typer.Option(min=1, help="per-device batch size")] = 8,
+    max_length: Annotated[int, typer.Option(min=8, help="maximum tokens of prompt + response")] = 1024,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    trust_remote_code: Annotated[bool, typer.Option(help="run the model repository's own code")] = False,
+) -> None:
+    """Train a reward model with TRL's RewardTrainer; the output folder is usable as a recipe judge."""
+    from sweep.data import load_pairs
+    from sweep.recipe import PairColumns, TrainData
+    from sweep.rm import train_reward_model
+
+    source = TrainData(
+        path=data,
+        split=split,
+        max_samples=max_samples,
+        columns=PairColumns(prompt=prompt, chosen=chosen, rejected=rejected),
+    )
+    pairs = load_pairs(source, out.parent / ".cache", where="DATA")
+    summary = train_reward_model(
+        pairs,
+        model,
+        out,
+        eval_fraction=eval_fraction,
+        epochs=epochs,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        max_length=max_length,
+        seed=seed,
+        trust_remote_code=trust_remote_code,
+    )
+    typer.echo(
+        f"reward model: {out} (held-out pairwise accuracy {summary['heldout_accuracy']:.3f} "
+        f"on {summary['n_heldout']} pairs)"
+    )
+
+
+def main() -> None:
+    """Entry point for `python -m sweep`."""
+    app(prog_name="posweep")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

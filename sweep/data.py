@@ -1,0 +1,133 @@
+"""Preference data and evaluation prompts from local files, Hub datasets, or the built-in task.
+
+Rows come out in TRL's standard formats: plain (`prompt`, `chosen`, `rejected` strings) or
+conversational (lists of `{role, content}` messages). Local JSONL/JSON/CSV/Parquet files are read
+directly (no Hub cache, safe for many workers); anything else is a Hub dataset id.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sweep.errors import UserError
+from sweep.recipe import DATA_SUFFIXES, EvalData, Source, TrainData
+
+
+@dataclass(frozen=True)
+class EvalPrompt:
+    """One evaluation prompt, with the dataset's reference (chosen) response when it has one."""
+
+    prompt: str | list[dict]
+    reference: str | None = None
+
+
+def _read_local(path: Path) -> list[dict]:
+    """Rows of a local data file."""
+    kind = DATA_SUFFIXES.get(path.suffix.lower())
+    try:
+        if path.suffix.lower() == ".jsonl":
+            with path.open(encoding="utf-8") as handle:
+                return [json.loads(line) for line in handle if line.strip()]
+        if kind == "json":
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return data if isinstance(data, list) else data.get("data", data.get("rows", []))
+        import pandas as pd
+
+        frame = pd.read_csv(path) if kind == "csv" else pd.read_parquet(path)
+        return frame.to_dict(orient="records")
+    except (OSError, ValueError) as error:
+        raise UserError(f"{path}: cannot read data: {str(error).splitlines()[0]}") from None
+
+
+def read_rows(source: Source, cache_dir: str | Path, where: str) -> list[dict]:
+    """All rows of a data source, as dicts."""
+    from sweep import builtin
+
+    location = builtin.resolve(source.path, cache_dir) if builtin.is_builtin(source.path) else source.path
+    path = Path(location).expanduser()
+    if path.is_file():
+        if path.suffix.lower() not in DATA_SUFFIXES:
+            raise UserError(f"{where}: {path.name}: unsupported file type (use {', '.join(DATA_SUFFIXES)})")
+        return _read_local(path)
+    import datasets
+
+    try:
+        table = datasets.load_dataset(location, source.subset, split=source.split, revision=source.revision)
+    except Exception as error:  # datasets raises many types for a missing id, split or network
+        raise UserError(f"{where}: cannot load dataset {location!r}: {str(error).splitlines()[0]}") from None
+    return table.to_list()
+
+
+def _column(rows: list[dict], name: str, where: str, origin: str) -> None:
+    if rows and name not in rows[0]:
+        raise UserError(f"{where}: no column {name!r} in {origin} (columns: {', '.join(map(str, rows[0]))})")
+
+
+def _is_messages(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(m, Mapping) and "role" in m and "content" in m for m in value
+    )
+
+
+def _check_value(value: Any, where: str, index: int) -> None:
+    if not (isinstance(value, str) or _is_messages(value)):
+        raise UserError(
+            f"{where}: row {index}: expected a string or a list of {{role, content}} messages, "
+            f"got {type(value).__name__}"
+        )
+
+
+def load_pair_rows(source: TrainData, cache_dir: str | Path, where: str = "data.train") -> list[dict]:
+    """Preference rows with keys prompt/chosen/rejected, validated, capped at max_samples."""
+    rows = read_rows(source, cache_dir, where)
+    if not rows:
+        raise UserError(f"{where}: {source.path} has no rows")
+    columns = source.columns
+    for key in ("prompt", "chosen", "rejected"):
+        _column(rows, getattr(columns, key), f"{where}.columns.{key}", source.path)
+    pairs = []
+    for index, row in enumerate(rows[: source.max_samples]):
+        pair = {key: row[getattr(columns, key)] for key in ("prompt", "chosen", "rejected")}
+        for value in pair.values():
+            _check_value(value, where, index)
+        pairs.append(pair)
+    kinds = {isinstance(pairs[0][key], str) for key in pairs[0]}
+    if len(kinds) > 1:
+        raise UserError(f"{where}: prompt, chosen and rejected must all be strings or all be message lists")
+    return pairs
+
+
+def load_pairs(source: TrainData, cache_dir: str | Path, where: str = "data.train"):
+    """Preference pairs as a `datasets.Dataset` with columns prompt, chosen, rejected."""
+    import datasets
+
+    return datasets.Dataset.from_list(load_pair_rows(source, cache_dir, where))
+
+
+def load_eval_prompts(source: EvalData, cache_dir: str | Path, where: str = "data.eval") -> list[EvalPrompt]:
+    """The evaluation prompts (capped at max_prompts), with reference responses when configured."""
+    rows = read_rows(source, cache_dir, where)
+    if not rows:
+        raise UserError(f"{where}: {source.path} has no rows")
+    columns = source.columns
+    _column(rows, columns.prompt, f"{where}.columns.prompt", source.path)
+    if columns.reference:
+        _column(rows, columns.reference, f"{where}.columns.reference", source.path)
+    prompts = []
+    for index, row in enumerate(rows[: source.max_prompts]):
+        prompt = row[columns.prompt]
+        _check_value(prompt, where, index)
+        reference = row[columns.reference] if columns.reference else None
+        if _is_messages(reference):
+            reference = reference[-1]["content"]
+        prompts.append(EvalPrompt(prompt, reference))
+    return prompts
+
+
+def is_conversational(pair: Mapping[str, Any]) -> bool:
+    """Whether a row uses message lists rather than plain strings."""
+    return not isinstance(pair.get("prompt", pair.get("chosen")), str)

@@ -1,0 +1,73 @@
+"""Atomic file writes and small readers shared by every stage."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+
+def utc_now() -> str:
+    """The current UTC time as an ISO-8601 string with seconds."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _clean(obj: Any) -> Any:
+    """Replace NaN and infinities (not valid JSON) by None, recursively."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {key: _clean(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(value) for value in obj]
+    return obj
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write `text` to `path` atomically: a temporary file in the same folder, fsync, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write `obj` as indented JSON, atomically."""
+    write_text(path, json.dumps(_clean(obj), indent=2, sort_keys=False, default=str) + "\n")
+
+
+def write_jsonl(path: str | Path, records: list[dict]) -> None:
+    """Write records as JSON lines, atomically."""
+    write_text(path, "".join(json.dumps(_clean(r), default=str) + "\n" for r in records))
+
+
+def append_jsonl(path: str | Path, record: dict) -> None:
+    """Append one JSON line to `path` (a log: partial files are acceptable, lines are whole)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(_clean(record), default=str) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    """Read a JSON file."""
+    with Path(path).open(encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Read a JSON-lines file, skipping blank lines."""
+    with Path(path).open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]

@@ -1,0 +1,144 @@
+"""Recipe -> trial specs and search spaces. Pure Python: no torch, no trl, no I/O.
+
+Grid sweeps expand to the cartesian product of each method's values, once per seed. TR-* methods
+take `alpha` (soft update) and `tau` (hard update) as alternatives: a grid runs every alpha value and
+every tau value, each crossed with the other hyperparameters. Random and TPE sweeps sample each
+method's (conditional) space `n_trials` times per seed; their trial ids are known once sampled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from sweep.methods import REGISTRY
+from sweep.recipe import Distribution, ParamSpace, Recipe
+
+ABBREVIATIONS = {
+    "beta": "b",
+    "gamma": "g",
+    "gamma_beta_ratio": "gbr",
+    "learning_rate": "lr",
+    "alpha": "a",
+    "tau": "t",
+    "label_smoothing": "ls",
+    "ld_alpha": "lda",
+}
+PLAN_SECTIONS = ("model", "data", "judge", "methods", "search", "train", "eval")
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """One trial: a method, its hyperparameters as given, a seed, and an optional data variant."""
+
+    trial_id: str
+    method: str
+    params: Mapping[str, float]
+    seed: int
+    variant: str | None = None
+
+    def to_json(self) -> dict:
+        """A JSON-ready dict of this spec."""
+        return {
+            "trial_id": self.trial_id,
+            "method": self.method,
+            "params": dict(self.params),
+            "seed": self.seed,
+            "variant": self.variant,
+        }
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a recipe expands to."""
+
+    strategy: str
+    seeds: tuple[int, ...]
+    spaces: Mapping[str, Mapping[str, ParamSpace]]
+    trials: tuple[TrialSpec, ...] = ()
+    n_trials: int | None = None
+    section_hashes: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        """How many trials the sweep will run."""
+        if self.strategy == "grid":
+            return len(self.trials)
+        return (self.n_trials or 0) * len(self.spaces) * len(self.seeds)
+
+    @property
+    def hash(self) -> str:
+        """A short digest of everything that decides which trials run and what they mean."""
+        return _digest(self.section_hashes)[:16]
+
+
+def _digest(obj: object) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def format_value(value: float) -> str:
+    """A compact, exact-enough rendering of a hyperparameter value for ids and tables."""
+    if float(value).is_integer() and abs(value) < 1e6:
+        return str(int(value))
+    return f"{value:.4g}"
+
+
+def trial_id(method: str, params: Mapping[str, float], seed: int, variant: str | None = None) -> str:
+    """A readable id, stable across runs and machines: e.g. 'dpo-b0.1-lr5e-07-s0'."""
+    order = REGISTRY[method].hyperparameters
+    parts = [
+        f"{ABBREVIATIONS.get(name, name)}{format_value(params[name])}" for name in order if name in params
+    ]
+    prefix = f"{variant}-" if variant else ""
+    return f"{prefix}{method}-{'-'.join(parts)}-s{seed}"
+
+
+def sampled_trial_id(method: str, params: Mapping[str, float], seed: int, variant: str | None = None) -> str:
+    """Id of a sampled (random/TPE) trial: the readable id plus a digest of the exact values."""
+    return f"{trial_id(method, params, seed, variant)}-{_digest(dict(params))[:6]}"
+
+
+def _grid_points(method: str, space: Mapping[str, list[float]]) -> list[dict[str, float]]:
+    """The cartesian product of one method's values, with alternatives (alpha | tau) as a union."""
+    entry = REGISTRY[method]
+    alternatives = [name for name in entry.alternatives if name in space]
+    common = {name: values for name, values in space.items() if name not in alternatives}
+    branches = [{name: space[name]} for name in alternatives] or [{}]
+    points = []
+    for branch in branches:
+        axes = {**common, **branch}
+        ordered = [name for name in entry.hyperparameters if name in axes]
+        for values in itertools.product(*(axes[name] for name in ordered)):
+            points.append(dict(zip(ordered, values, strict=True)))
+    return points
+
+
+def plan_recipe(recipe: Recipe) -> Plan:
+    """Expand a validated recipe into a plan."""
+    spaces = {method: recipe.space(method) for method in recipe.methods}
+    dumped = recipe.model_dump(mode="json")
+    section_hashes = {section: _digest(dumped[section])[:16] for section in PLAN_SECTIONS}
+    seeds = tuple(recipe.search.seeds)
+    if recipe.search.strategy != "grid":
+        return Plan(
+            recipe.search.strategy,
+            seeds,
+            spaces,
+            n_trials=recipe.search.n_trials,
+            section_hashes=section_hashes,
+        )
+    trials = []
+    for method, space in spaces.items():
+        grid = {name: values for name, values in space.items() if not isinstance(values, Distribution)}
+        for point in _grid_points(method, grid):
+            trials += [TrialSpec(trial_id(method, point, seed), method, point, seed) for seed in seeds]
+    ids = [t.trial_id for t in trials]
+    if len(set(ids)) != len(ids):
+        trials = [
+            TrialSpec(sampled_trial_id(t.method, t.params, t.seed), t.method, t.params, t.seed)
+            for t in trials
+        ]
+    return Plan("grid", seeds, spaces, trials=tuple(trials), section_hashes=section_hashes)
