@@ -127,28 +127,59 @@ def run(
     results: Annotated[
         Path | None, typer.Option(help="results root (default: execution.results_dir)")
     ] = None,
-    workers: Annotated[int | None, typer.Option(min=1, help="trials run at a time on this machine")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="trials at a time (or SLURM array size)")] = None,
     storage: Annotated[str | None, typer.Option(help="Optuna storage URL or env:VAR")] = None,
     max_trials: Annotated[int | None, typer.Option(min=1, help="stop after this many trials")] = None,
-    new: Annotated[
-        bool, typer.Option("--new", help="start a new sweep folder when the plan changed")
-    ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar; one line per trial")] = False,
+    new: Annotated[bool, typer.Option("--new", help="start a new sweep folder if the plan changed")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar; a line per trial")] = False,
+    launcher: Annotated[str, typer.Option(help="local: run here; slurm: submit a worker array")] = "local",
 ) -> None:
     """Run (or resume) a sweep: train and evaluate every trial, writing results/<name>/."""
+    from sweep.errors import UserError
     from sweep.recipe import load_recipe
-    from sweep.study import run_sweep
+    from sweep.study import open_sweep, reconcile, run_sweep
 
-    code = run_sweep(
-        load_recipe(recipe),
-        results=results,
-        workers=workers,
-        storage=storage,
-        max_trials=max_trials,
-        new=new,
-        quiet=quiet,
+    loaded = load_recipe(recipe)
+    if launcher == "local":
+        code = run_sweep(
+            loaded,
+            results=results,
+            workers=workers,
+            storage=storage,
+            max_trials=max_trials,
+            new=new,
+            quiet=quiet,
+        )
+        raise typer.Exit(code)
+    if launcher != "slurm":
+        raise UserError(f"--launcher must be local or slurm, got {launcher!r}")
+    from sweep.slurm import submit_workers
+
+    sweep = open_sweep(loaded, results, storage, new)
+    counts = reconcile(sweep)
+    spec = loaded.execution.slurm
+    jobs = submit_workers(
+        sweep, storage or loaded.execution.storage, workers or loaded.execution.workers, spec
     )
-    raise typer.Exit(code)
+    typer.echo(
+        f"submitted {len(jobs)} SLURM worker jobs for {sweep.dir} ({counts['queued']} trials queued): "
+        f"{' '.join(jobs)}"
+    )
+    typer.echo(f"follow progress with: posweep status {sweep.dir}")
+
+
+@app.command()
+@user_errors
+def worker(
+    sweep_dir: ResultsArg,
+    storage: Annotated[str | None, typer.Option(help="the sweep's Optuna storage URL or env:VAR")] = None,
+    max_trials: Annotated[int | None, typer.Option(min=1, help="stop after this many trials")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar; a line per trial")] = False,
+) -> None:
+    """Join a running sweep (on this or another machine) and run trials until none is left."""
+    from sweep.study import run_worker
+
+    raise typer.Exit(run_worker(sweep_dir, storage, max_trials, quiet))
 
 
 @app.command()

@@ -233,6 +233,20 @@ class EvalSpec(Strict):
         return "minimize" if self.objective.rsplit(".", 1)[-1] in MINIMIZED_METRICS else "maximize"
 
 
+class SlurmSpec(Strict):
+    """Resources of each SLURM worker job (`posweep run --launcher slurm`)."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    gpus_per_worker: Annotated[int, Field(ge=0)] = 1
+    cpus_per_worker: PositiveInt = 8
+    mem_gb: PositiveInt = 64
+    time_min: PositiveInt = Field(24 * 60, description="time limit of each worker job, minutes")
+    additional: dict[str, str | int] = Field(default_factory=dict, description="extra #SBATCH options")
+
+
 class ExecutionSpec(Strict):
     """Where and how trials run."""
 
@@ -242,6 +256,7 @@ class ExecutionSpec(Strict):
     devices: Literal["auto", "cpu"] | list[Annotated[int, Field(ge=0)]] = "auto"
     max_retries: Annotated[int, Field(ge=0)] = 1
     keep: Literal["none", "best", "all"] = "none"
+    slurm: SlurmSpec = SlurmSpec()
 
 
 class Recipe(Strict):
@@ -316,32 +331,53 @@ def _unwrap_optional(annotation: Any) -> Any:
     return annotation
 
 
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The recipe section class that a location points into, for 'did you mean' on unknown keys."""
-    current: Any = Recipe
+def _is_union(annotation: Any) -> bool:
+    """Whether `annotation` joins several types (pydantic then names the member tried in error locations)."""
+    if typing.get_origin(annotation) not in (typing.Union, types.UnionType):
+        return False
+    return len([a for a in typing.get_args(annotation) if a is not type(None)]) > 1
+
+
+def _inside(annotation: Any, part: Any) -> Any:
+    """The annotation that one location part selects inside `annotation` (None when unknown)."""
+    annotation = _unwrap_optional(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        field = annotation.model_fields.get(part) if isinstance(part, str) else None
+        return field.annotation if field else None
+    if typing.get_origin(annotation) in (list, dict):
+        return typing.get_args(annotation)[-1]
+    return None
+
+
+def _user_loc(root: type[BaseModel], loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A pydantic location without the validator and union-member names it adds to the user's keys."""
+    kept, current = [], root
     for part in loc:
-        current = _unwrap_optional(current)
-        if isinstance(current, type) and issubclass(current, BaseModel):
-            field = current.model_fields.get(part) if isinstance(part, str) else None
-            if field is None:
-                return None
-            current = field.annotation
-        elif typing.get_origin(current) in (list, dict):
-            current = typing.get_args(current)[-1]
-        else:
-            return None
+        if _is_union(current):
+            current = None
+        elif part not in ("function-after", "function-before"):
+            kept.append(part)
+            current = _inside(current, part)
+    return tuple(kept)
+
+
+def _model_at(root: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The section class that a location points into, for 'did you mean' on unknown keys."""
+    current: Any = root
+    for part in loc:
+        current = _inside(current, part)
     current = _unwrap_optional(current)
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None
 
 
-def _pydantic_problems(error: ValidationError) -> list[tuple[str, str]]:
+def _pydantic_problems(error: ValidationError, root: type[BaseModel] = Recipe) -> list[tuple[str, str]]:
     """Turn pydantic errors into (path, message) pairs with friendlier wording."""
     problems = []
     for item in error.errors(include_url=False):
-        loc = tuple(part for part in item["loc"] if part not in ("function-after", "function-before"))
+        loc = _user_loc(root, item["loc"])
         kind, message = item["type"], item["msg"]
         if kind == "extra_forbidden":
-            parent = _model_at(loc[:-1])
+            parent = _model_at(root, loc[:-1])
             known = list(parent.model_fields) if parent else []
             message = f"unknown key{did_you_mean(loc[-1], known)}"
             if known:
@@ -399,7 +435,7 @@ def _param_problems(
         except ValidationError as error:
             return [
                 (f"{where}.{loc}" if loc != "(top level)" else where, msg)
-                for loc, msg in _pydantic_problems(error)
+                for loc, msg in _pydantic_problems(error, Distribution)
             ]
         return [(where, why) for why in (knob.check(dist.low), knob.check(dist.high)) if why]
     values = spec if isinstance(spec, list) else [spec]
@@ -435,7 +471,7 @@ def _objective_problems(recipe: Recipe) -> list[tuple[str, str]]:
         problems.append(("eval.objective", f"unknown metric {metric!r}{did_you_mean(metric, METRICS)}"))
     if judge and judge not in names[1:]:
         problems.append(
-            ("eval.objective", f"{judge!r} is not a secondary judge (have: {', '.join(names[1:])})")
+            ("eval.objective", f"{judge!r} is not a secondary judge (have: {', '.join(names[1:]) or 'none'})")
         )
     if metric == "win_rate_vs_chosen" and recipe.data.eval.columns.reference is None:
         problems.append(("eval.objective", "win_rate_vs_chosen needs data.eval.columns.reference"))
@@ -523,9 +559,7 @@ def _no_duplicates(loader: YamlLoader, node: yaml.MappingNode, deep: bool = Fals
         key = loader.construct_object(key_node, deep=deep)
         if key in keys:
             mark = key_node.start_mark
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r} (line {mark.line + 1})", mark
-            )
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", mark)
         keys.add(key)
     return loader.construct_mapping(node, deep)
 
@@ -571,7 +605,8 @@ def load_recipe(file: str | Path) -> Recipe:
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as error:
-        problems = _pydantic_problems(error) + problems
+        covered = {where for where, _ in problems}
+        problems = [p for p in _pydantic_problems(error) if p[0] not in covered] + problems
         raise RecipeError(str(file), _unique(problems)) from None
     problems += _judge_problems(recipe) + _objective_problems(recipe)
     problems += _path_problems(recipe, Path(file).resolve().parent)

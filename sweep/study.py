@@ -573,6 +573,49 @@ def open_sweep_folder(recipe: Recipe, folder: Path, storage: str | None) -> Swee
     )
 
 
+def sweep_storage(folder: Path, storage: str | None) -> str | None:
+    """The storage a worker should use for an existing sweep folder: the flag, else the journal file."""
+    if storage is not None:
+        return storage
+    meta = read_json(folder / "sweep.json")
+    if meta.get("storage", "journal:").startswith("journal:"):
+        return None
+    raise UserError(
+        f"{folder}: this sweep's study is in {meta['storage']}; pass --storage URL (or env:VAR) to join it"
+    )
+
+
+def run_worker(
+    folder: str | Path, storage: str | None = None, max_trials: int | None = None, quiet: bool = True
+) -> int:
+    """`posweep worker` (and each SLURM array task): join a sweep and run trials until none is left."""
+    import yaml
+
+    folder = Path(folder)
+    if not (folder / "sweep.json").exists() or not (folder / "recipe.yaml").exists():
+        raise UserError(
+            f"{folder} is not a sweep folder (it needs sweep.json and recipe.yaml from posweep run)"
+        )
+    recipe = Recipe.model_validate(yaml.safe_load((folder / "recipe.yaml").read_text(encoding="utf-8")))
+    env = (
+        _device_plan(recipe, 1)[0]
+        if not os.environ.get("CUDA_VISIBLE_DEVICES")
+        else {"POSWEEP_DEVICE": "cuda"}
+    )
+    os.environ.update(env)
+    _configure_process(env)
+    sweep = open_sweep_folder(recipe, folder, sweep_storage(folder, storage))
+    progress = Progress(sweep.plan.total, reconcile(sweep)["done"], quiet)
+    try:
+        worker_loop(sweep, env["POSWEEP_DEVICE"], max_trials, progress, progress.log)
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        progress.close()
+    progress.log(summarize(folder))
+    return 0
+
+
 # --------------------------------------------------------------------------- progress and the run command
 
 

@@ -1,0 +1,56 @@
+"""SLURM: submit an array of posweep workers with submitit; each joins the sweep's study and runs trials.
+
+The study must live in a storage every node reaches (PostgreSQL), and the sweep folder on a shared
+filesystem. A storage URL is handed to the jobs through the environment (SLURM exports it), never
+written into submitit's job files.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sweep.errors import UserError
+from sweep.recipe import SlurmSpec
+from sweep.study import Sweep, run_worker
+
+STORAGE_VARIABLE = "POSWEEP_STORAGE_URL"
+
+
+def submit_workers(
+    sweep: Sweep, storage: str | None, workers: int, spec: SlurmSpec, cluster: str | None = None
+) -> list[str]:
+    """Submit `workers` array tasks running `posweep worker` on this sweep; return their job ids."""
+    try:
+        import submitit
+    except ImportError:
+        raise UserError("--launcher slurm needs submitit: pip install 'posweep[slurm]'") from None
+    if storage is None and cluster != "local":
+        raise UserError(
+            "--launcher slurm needs a shared study storage: pass --storage postgresql://... "
+            "(or execution.storage: env:VAR)"
+        )
+    if storage is not None and not storage.startswith("env:"):
+        os.environ[STORAGE_VARIABLE] = storage
+        storage = f"env:{STORAGE_VARIABLE}"
+    executor = submitit.AutoExecutor(folder=Path(sweep.dir) / "slurm" / "%j", cluster=cluster)
+    parameters = {
+        "name": f"posweep-{sweep.dir.name}",
+        "timeout_min": spec.time_min,
+        "gpus_per_node": spec.gpus_per_worker,
+        "cpus_per_task": spec.cpus_per_worker,
+        "mem_gb": spec.mem_gb,
+    }
+    if executor.cluster == "slurm":
+        parameters |= {
+            "slurm_array_parallelism": workers,
+            "slurm_partition": spec.partition,
+            "slurm_account": spec.account,
+            "slurm_qos": spec.qos,
+            "slurm_constraint": spec.constraint,
+            "slurm_additional_parameters": spec.additional,
+        }
+    executor.update_parameters(**{k: v for k, v in parameters.items() if v not in (None, {})})
+    with executor.batch():
+        jobs = [executor.submit(run_worker, str(sweep.dir), storage) for _ in range(workers)]
+    return [str(job.job_id) for job in jobs]
