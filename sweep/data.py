@@ -35,10 +35,13 @@ def _read_local(path: Path) -> list[dict]:
         if kind == "json":
             data = json.loads(path.read_text(encoding="utf-8"))
             return data if isinstance(data, list) else data.get("data", data.get("rows", []))
+        if kind == "parquet":
+            import pyarrow.parquet as pq
+
+            return pq.read_table(path).to_pylist()
         import pandas as pd
 
-        frame = pd.read_csv(path) if kind == "csv" else pd.read_parquet(path)
-        return frame.to_dict(orient="records")
+        return pd.read_csv(path).to_dict(orient="records")
     except (OSError, ValueError) as error:
         raise UserError(f"{path}: cannot read data: {str(error).splitlines()[0]}") from None
 
@@ -63,8 +66,11 @@ def read_rows(source: Source, cache_dir: str | Path, where: str) -> list[dict]:
 
 
 def _column(rows: list[dict], name: str, where: str, origin: str) -> None:
-    if rows and name not in rows[0]:
-        raise UserError(f"{where}: no column {name!r} in {origin} (columns: {', '.join(map(str, rows[0]))})")
+    for index, row in enumerate(rows):
+        if name not in row:
+            at = f" row {index}" if index else ""
+            columns = ", ".join(map(str, row))
+            raise UserError(f"{where}: no column {name!r} in {origin}{at} (columns: {columns})")
 
 
 def _is_messages(value: Any) -> bool:
@@ -83,21 +89,25 @@ def _check_value(value: Any, where: str, index: int) -> None:
 
 def load_pair_rows(source: TrainData, cache_dir: str | Path, where: str = "data.train") -> list[dict]:
     """Preference rows with keys prompt/chosen/rejected, validated, capped at max_samples."""
-    rows = read_rows(source, cache_dir, where)
+    rows = read_rows(source, cache_dir, where)[: source.max_samples]
     if not rows:
         raise UserError(f"{where}: {source.path} has no rows")
     columns = source.columns
     for key in ("prompt", "chosen", "rejected"):
         _column(rows, getattr(columns, key), f"{where}.columns.{key}", source.path)
     pairs = []
-    for index, row in enumerate(rows[: source.max_samples]):
+    for index, row in enumerate(rows):
         pair = {key: row[getattr(columns, key)] for key in ("prompt", "chosen", "rejected")}
         for value in pair.values():
             _check_value(value, where, index)
         pairs.append(pair)
-    kinds = {isinstance(pairs[0][key], str) for key in pairs[0]}
-    if len(kinds) > 1:
-        raise UserError(f"{where}: prompt, chosen and rejected must all be strings or all be message lists")
+    plain = isinstance(pairs[0]["prompt"], str)
+    for index, pair in enumerate(pairs):
+        if any(isinstance(value, str) != plain for value in pair.values()):
+            raise UserError(
+                f"{where}: row {index}: prompt, chosen and rejected must all be strings or all be "
+                "message lists, in every row"
+            )
     return pairs
 
 
@@ -110,7 +120,7 @@ def load_pairs(source: TrainData, cache_dir: str | Path, where: str = "data.trai
 
 def load_eval_prompts(source: EvalData, cache_dir: str | Path, where: str = "data.eval") -> list[EvalPrompt]:
     """The evaluation prompts (capped at max_prompts), with reference responses when configured."""
-    rows = read_rows(source, cache_dir, where)
+    rows = read_rows(source, cache_dir, where)[: source.max_prompts]
     if not rows:
         raise UserError(f"{where}: {source.path} has no rows")
     columns = source.columns
@@ -118,7 +128,7 @@ def load_eval_prompts(source: EvalData, cache_dir: str | Path, where: str = "dat
     if columns.reference:
         _column(rows, columns.reference, f"{where}.columns.reference", source.path)
     prompts = []
-    for index, row in enumerate(rows[: source.max_prompts]):
+    for index, row in enumerate(rows):
         prompt = row[columns.prompt]
         _check_value(prompt, where, index)
         reference = row[columns.reference] if columns.reference else None

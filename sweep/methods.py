@@ -25,6 +25,7 @@ class Hyperparameter:
     low: float | None = None
     high: float | None = None
     low_inclusive: bool = False
+    high_inclusive: bool = True
     integer: bool = False
     log: bool = True
 
@@ -35,8 +36,9 @@ class Hyperparameter:
         if self.low is not None and (value < self.low or (value == self.low and not self.low_inclusive)):
             sign = ">=" if self.low_inclusive else ">"
             return f"{self.name} must be {sign} {self.low:g}, got {value:g}"
-        if self.high is not None and value > self.high:
-            return f"{self.name} must be <= {self.high:g}, got {value:g}"
+        if self.high is not None and (value > self.high or (value == self.high and not self.high_inclusive)):
+            sign = "<=" if self.high_inclusive else "<"
+            return f"{self.name} must be {sign} {self.high:g}, got {value:g}"
         return None
 
 
@@ -59,7 +61,13 @@ HYPERPARAMETERS: Mapping[str, Hyperparameter] = MappingProxyType(
                 integer=True,
             ),
             Hyperparameter(
-                "label_smoothing", "cDPO label noise epsilon", 0.0, 0.5, low_inclusive=True, log=False
+                "label_smoothing",
+                "cDPO label noise epsilon",
+                0.0,
+                0.5,
+                low_inclusive=True,
+                high_inclusive=False,
+                log=False,
             ),
             Hyperparameter(
                 "ld_alpha",

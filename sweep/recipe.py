@@ -371,8 +371,8 @@ def _model_at(root: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | 
 
 
 def _pydantic_problems(error: ValidationError, root: type[BaseModel] = Recipe) -> list[tuple[str, str]]:
-    """Turn pydantic errors into (path, message) pairs with friendlier wording."""
-    problems = []
+    """Turn pydantic errors into (path, message) pairs with friendlier wording, one per path."""
+    problems: dict[str, list[str]] = {}
     for item in error.errors(include_url=False):
         loc = _user_loc(root, item["loc"])
         kind, message = item["type"], item["msg"]
@@ -386,8 +386,8 @@ def _pydantic_problems(error: ValidationError, root: type[BaseModel] = Recipe) -
             message = "required key is missing"
         elif kind == "value_error":
             message = message.removeprefix("Value error, ")
-        problems.append((format_loc(loc), message))
-    return problems
+        problems.setdefault(format_loc(loc), []).append(message)
+    return [(where, "; ".join(dict.fromkeys(messages))) for where, messages in problems.items()]
 
 
 def _space_problems(raw: dict, strategy: str) -> list[tuple[str, str]]:
