@@ -1,0 +1,568 @@
+"""Evaluation of a policy on the out-of-distribution prompts: responses, judge scores, win rates against the
+SFT model and the dataset's reference responses, KL to the SFT model, and response lengths.
+
+One `Evaluator` per worker process loads the prompts and judges once and holds the SFT baseline: the SFT
+model's responses to the prompts (same decoding), their judge scores, the reference responses' scores,
+and the SFT's own metrics, computed once per sweep into `cache/sft_baseline.json` (keyed by a hash of the
+model, prompts, decoding settings and judges; a file lock makes concurrent workers compute it once).
+
+Decoding. Prompts are tokenized as TRL tokenizes them for training (plain text by the tokenizer with its
+own special tokens; message lists through the chat template with the generation prompt), left-padded in
+batches of `eval.batch_size`, and decoded greedily or sampled with the recipe's temperature and top_p only:
+the model's own generation_config (top_k, repetition penalty, ...) is ignored, so every model is decoded
+the same way. Sampling is seeded (seed 0, the same for the SFT baseline and every policy). A response
+ends at an EOS token or after `max_new_tokens`; its length counts response tokens without the EOS.
+
+Scores. A policy response identical to an SFT response for the same prompt takes that response's stored
+score, so identical responses always tie (the SFT model against itself has win rate exactly 0.5).
+
+KL(π‖π_SFT). On responses sampled from the policy at temperature 1 and top_p 1 (the evaluation's own
+samples when it decodes that way, else `eval.kl_samples` separate samples per prompt), log π(y|x) and
+log π_SFT(y|x) are computed by teacher-forced forward passes, summed over the response tokens including the
+EOS; `kl_to_sft` is the mean of their difference, `kl_to_sft_per_token` the mean of the difference divided
+by the number of tokens summed.
+
+samples.jsonl: one line per (prompt, sample) with prompt_index, sample, prompt, reference (when the data
+have references), response, score, sft_response, sft_score, reference_score, `NAME.score`,
+`NAME.sft_score`, `NAME.reference_score` for each secondary judge, length, sft_length, words, truncated, and
+`kl`: the KL samples drawn for this line, each {response, tokens, logp_policy, logp_sft} (the line's own
+response when the evaluation samples at temperature 1, else the prompt's KL samples on its first line).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import inspect
+import json
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from time import perf_counter
+
+import numpy as np
+import torch
+
+from sweep import stats
+from sweep.errors import UserError
+from sweep.io import read_json, utc_now, write_json, write_jsonl
+from sweep.judges import Judge, load_judges
+from sweep.recipe import EvalSpec, Recipe
+
+EVAL_SEED = 0
+BASELINE_FILE = "sft_baseline.json"
+BASELINE_FORMAT = 1
+BASELINE_FIELDS = (
+    "max_new_tokens",
+    "do_sample",
+    "temperature",
+    "top_p",
+    "samples_per_prompt",
+    "batch_size",
+    "bootstrap",
+)
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How responses are drawn."""
+
+    max_new_tokens: int
+    do_sample: bool
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+    @classmethod
+    def of(cls, spec: EvalSpec) -> Decoding:
+        """The decoding the recipe's eval section asks for."""
+        return cls(spec.max_new_tokens, spec.do_sample, spec.temperature, spec.top_p)
+
+    @property
+    def samples_model(self) -> bool:
+        """Whether responses are samples of the model's own distribution (usable to estimate KL)."""
+        return self.do_sample and self.temperature == 1.0 and self.top_p == 1.0
+
+
+@dataclass(frozen=True)
+class Response:
+    """Generated token ids, through the EOS when one was generated."""
+
+    ids: tuple[int, ...]
+    ended: bool
+
+    @property
+    def length(self) -> int:
+        """Response tokens, the EOS not counted."""
+        return len(self.ids) - int(self.ended)
+
+
+def encode_prompt(tokenizer, prompt: str | list[dict]) -> list[int]:
+    """Prompt token ids as TRL tokenizes prompts for training."""
+    if isinstance(prompt, str):
+        ids = tokenizer(text=prompt)["input_ids"]
+    elif not tokenizer.chat_template:
+        raise UserError(
+            "the evaluation prompts are conversations but the policy's tokenizer has no chat template"
+        )
+    else:
+        ids = tokenizer.apply_chat_template(
+            prompt, add_generation_prompt=True, tokenize=True, return_dict=True
+        )
+        ids = ids["input_ids"]
+    if not ids:
+        raise UserError(f"evaluation prompt {prompt!r} is empty once tokenized")
+    return list(ids)
+
+
+def _base_model(model):
+    """The transformers model under a PEFT wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def stop_ids(model, tokenizer) -> list[int]:
+    """Token ids that end a response: the tokenizer's eos and the model's generation_config eos ids."""
+    configured = getattr(_base_model(model).generation_config, "eos_token_id", None)
+    candidates = [tokenizer.eos_token_id, *(configured if isinstance(configured, list) else [configured])]
+    ids = list(dict.fromkeys(token for token in candidates if token is not None))
+    if not ids:
+        raise UserError("the policy's tokenizer has no eos token, so responses could never end")
+    return ids
+
+
+@contextmanager
+def _inference(model) -> Iterator[None]:
+    """Eval mode and no gradients; the model's training mode is restored afterwards."""
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(training)
+
+
+@contextmanager
+def _plain_generation_config(model) -> Iterator[None]:
+    """Hide the model's generation_config so only the settings passed to `generate` apply."""
+    from transformers import GenerationConfig
+
+    base = _base_model(model)
+    saved = base.generation_config
+    base.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        base.generation_config = saved
+
+
+def _left_padded(
+    sequences: Sequence[Sequence[int]], pad_id: int, device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(ids) for ids in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, width - len(ids) :] = 1
+    return input_ids.to(device), attention_mask.to(device)
+
+
+def _cut(tokens: list[int], eos_ids: Sequence[int]) -> Response:
+    for index, token in enumerate(tokens):
+        if token in eos_ids:
+            return Response(tuple(tokens[: index + 1]), True)
+    return Response(tuple(tokens), False)
+
+
+def generate(
+    model,
+    prompts: Sequence[Sequence[int]],
+    samples: int,
+    decoding: Decoding,
+    batch_size: int,
+    pad_id: int,
+    eos_ids: Sequence[int],
+    seed: int,
+) -> list[Response]:
+    """`samples` responses per prompt, prompt-major (greedy decoding generates once and repeats)."""
+    from transformers import GenerationConfig
+
+    draws = samples if decoding.do_sample else 1
+    rows = [index for index in range(len(prompts)) for _ in range(draws)]
+    order = sorted(range(len(rows)), key=lambda row: len(prompts[rows[row]]))
+    sampling = {"temperature": decoding.temperature, "top_p": decoding.top_p, "top_k": 0}
+    config = GenerationConfig(
+        max_new_tokens=decoding.max_new_tokens,
+        do_sample=decoding.do_sample,
+        num_beams=1,
+        use_cache=True,
+        pad_token_id=pad_id,
+        eos_token_id=list(eos_ids),
+        **(sampling if decoding.do_sample else {}),
+    )
+    device = _device(model)
+    responses: list[Response] = [Response((), False)] * len(rows)
+    rng_devices = [device] if device.type == "cuda" else []
+    with _inference(model), _plain_generation_config(model), torch.random.fork_rng(devices=rng_devices):
+        torch.manual_seed(seed)
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            input_ids, attention_mask = _left_padded([prompts[rows[row]] for row in batch], pad_id, device)
+            output = model.generate(
+                input_ids=input_ids, attention_mask=attention_mask, generation_config=config
+            )
+            for row, tokens in zip(batch, output[:, input_ids.shape[1] :].tolist(), strict=True):
+                responses[row] = _cut(tokens, eos_ids)
+    return [response for response in responses for _ in range(samples // draws)]
+
+
+def sequence_logps(
+    model, prompts: Sequence[Sequence[int]], responses: Sequence[Response], batch_size: int, pad_id: int
+) -> list[float]:
+    """log π(response | prompt) of each pair: a teacher-forced pass, summed over the response tokens."""
+    device = _device(model)
+    keeps_logits = "logits_to_keep" in inspect.signature(_base_model(model).forward).parameters
+    order = sorted(range(len(responses)), key=lambda row: len(prompts[row]) + len(responses[row].ids))
+    totals = [0.0] * len(responses)
+    with _inference(model):
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            kept = max(len(responses[row].ids) for row in batch)
+            sequences = [[*prompts[row], *responses[row].ids] for row in batch]
+            input_ids, attention_mask = _left_padded(sequences, pad_id, device)
+            position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+            extra = {"logits_to_keep": kept + 1} if keeps_logits else {}
+            logits = model(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **extra
+            )
+            logits = logits.logits[:, -(kept + 1) : -1].float()
+            logps = logits.log_softmax(-1).gather(-1, input_ids[:, -kept:, None]).squeeze(-1)
+            lengths = torch.tensor([len(responses[row].ids) for row in batch], device=device)
+            scored = torch.arange(kept, device=device)[None, :] >= (kept - lengths)[:, None]
+            for row, total in zip(batch, torch.where(scored, logps, 0.0).sum(-1).tolist(), strict=True):
+                totals[row] = total
+    return totals
+
+
+def judge_metrics(
+    scores: np.ndarray,
+    sft_scores: np.ndarray,
+    lengths: np.ndarray,
+    sft_lengths: np.ndarray,
+    reference_scores: np.ndarray | None,
+    n_resamples: int,
+) -> dict:
+    """One judge's metrics from (prompts, samples) arrays of scores and lengths."""
+    vs_sft = stats.per_prompt_win_rates(scores, sft_scores)
+    metrics = {
+        "judge_score_mean": float(scores.mean()),
+        "judge_score_std": float(scores.std(ddof=1)) if scores.size > 1 else 0.0,
+        "win_rate_vs_sft": float(vs_sft.mean()),
+        "win_rate_vs_sft_ci": list(stats.bootstrap_ci(vs_sft, n_resamples, EVAL_SEED)),
+        "lc_win_rate_vs_sft": stats.length_controlled_win_rate(
+            stats.pairwise_outcomes(scores, sft_scores), stats.pairwise_differences(lengths, sft_lengths)
+        ),
+    }
+    if reference_scores is not None:
+        vs_chosen = stats.per_prompt_win_rates(scores, reference_scores)
+        metrics["win_rate_vs_chosen"] = float(vs_chosen.mean())
+        metrics["win_rate_vs_chosen_ci"] = list(stats.bootstrap_ci(vs_chosen, n_resamples, EVAL_SEED))
+    return metrics
+
+
+def response_metrics(lengths: Sequence[int], texts: Sequence[str], max_new_tokens: int) -> dict:
+    """Length statistics (tokens) and the mean number of whitespace-separated words."""
+    words = [len(text.split()) for text in texts]
+    return {**stats.length_stats(lengths, max_new_tokens), "words_mean": float(np.mean(words))}
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class Evaluator:
+    """Evaluates policies against the SFT model on the evaluation prompts; one per worker process."""
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        sft_model,
+        tokenizer,
+        sweep_dir: str | Path,
+        device=None,
+        log: Callable[[str], None] = print,
+        cache_dir: str | Path | None = None,
+    ):
+        from sweep.data import load_eval_prompts
+
+        self.recipe, self.settings = recipe, recipe.eval
+        self.sft_model, self.tokenizer, self.log = sft_model, tokenizer, log
+        self.sweep_dir = Path(sweep_dir)
+        cache_dir = Path(cache_dir) if cache_dir is not None else self.sweep_dir / "cache"
+        self.items = load_eval_prompts(recipe.data.eval, cache_dir)
+        self.prompt_ids = [encode_prompt(tokenizer, item.prompt) for item in self.items]
+        self.has_references = self._check_references()
+        self.eos_ids = stop_ids(sft_model, tokenizer)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+        self.decoding = Decoding.of(self.settings)
+        self.judges: list[Judge] = load_judges(recipe.judges, cache_dir, device)
+        self.known_scores: dict[str, dict[tuple[int, str], float]] = {}
+        self.baseline = self._baseline()
+        shape = (len(self.items), self.settings.samples_per_prompt)
+        self.sft_lengths = np.asarray(self.baseline["lengths"], dtype=float).reshape(shape)
+        self.sft_scores = {name: np.asarray(s).reshape(shape) for name, s in self.baseline["scores"].items()}
+        references = self.baseline["reference_scores"] or {}
+        self.reference_scores = {name: np.asarray(s)[:, None] for name, s in references.items()}
+        for name, scores in self.baseline["scores"].items():
+            self.known_scores[name] = dict(
+                zip(zip(self._rows(len(self.items)), self.baseline["responses"]), scores)
+            )
+
+    def _check_references(self) -> bool:
+        missing = sum(item.reference is None for item in self.items)
+        if 0 < missing < len(self.items):
+            raise UserError(
+                f"data.eval: {missing} of {len(self.items)} evaluation prompts have no reference response"
+            )
+        return missing == 0
+
+    def _rows(self, count: int, per_prompt: int | None = None) -> list[int]:
+        """The prompt index of each response, prompt-major."""
+        per_prompt = per_prompt or self.settings.samples_per_prompt
+        return [index for index in range(count) for _ in range(per_prompt)]
+
+    def _generate(self, model, count: int, samples: int, decoding: Decoding, seed: int) -> list[Response]:
+        return generate(
+            model,
+            self.prompt_ids[:count],
+            samples,
+            decoding,
+            self.settings.batch_size,
+            self.pad_id,
+            self.eos_ids,
+            seed,
+        )
+
+    def _text(self, response: Response) -> str:
+        return self.tokenizer.decode(list(response.ids[: response.length]), skip_special_tokens=True)
+
+    def _scores(self, judge: Judge, rows: list[int], texts: list[str]) -> np.ndarray:
+        """Judge scores; a response already scored for its prompt (an SFT response, a repeat) is reused."""
+        known = self.known_scores.get(judge.name, {})
+        keys = list(zip(rows, texts))
+        missing = list(dict.fromkeys(key for key in keys if key not in known))
+        fresh = judge.score([self.items[index].prompt for index, _ in missing], [text for _, text in missing])
+        found = {**dict(zip(missing, fresh)), **known}
+        return np.asarray([found[key] for key in keys], dtype=float)
+
+    def _judged(
+        self,
+        scores: dict,
+        sft_scores: dict,
+        lengths: np.ndarray,
+        sft_lengths: np.ndarray,
+        references: dict | None,
+    ) -> dict:
+        """Every judge's metrics, the secondary judges' prefixed with their name."""
+        metrics = {}
+        for judge in self.judges:
+            prefix = "" if judge.primary else f"{judge.name}."
+            reference = references[judge.name] if references else None
+            found = judge_metrics(
+                scores[judge.name],
+                sft_scores[judge.name],
+                lengths,
+                sft_lengths,
+                reference,
+                self.settings.bootstrap,
+            )
+            metrics.update({prefix + name: value for name, value in found.items()})
+        return metrics
+
+    # ----------------------------------------------------------------------------------- SFT baseline
+
+    def _baseline_key(self) -> str:
+        payload = {
+            "format": BASELINE_FORMAT,
+            "seed": EVAL_SEED,
+            "model": self.recipe.model.model_dump(mode="json", exclude={"lora"}),
+            "eval_data": self.recipe.data.eval.model_dump(mode="json"),
+            "prompts": [[item.prompt, item.reference] for item in self.items],
+            "eval": {name: getattr(self.settings, name) for name in BASELINE_FIELDS},
+            "judges": [judge.model_dump(mode="json") for judge in self.recipe.judges],
+            "versions": {name: version(name) for name in ("torch", "transformers")},
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def _baseline(self) -> dict:
+        """The cached SFT baseline when its key matches, else computed and cached (one worker at a time)."""
+        path = self.sweep_dir / "cache" / BASELINE_FILE
+        key = self._baseline_key()
+        with _file_lock(path.with_name(BASELINE_FILE + ".lock")):
+            try:
+                cached = read_json(path)
+            except (OSError, ValueError):
+                cached = None
+            if isinstance(cached, dict) and cached.get("key") == key:
+                self.log(f"SFT baseline: reused {path.relative_to(self.sweep_dir)}")
+                return cached
+            baseline = self._compute_baseline(key)
+            write_json(path, baseline)
+        self.log(
+            f"SFT baseline: generated {len(baseline['responses'])} responses ({baseline['time_s']:.1f} s)"
+        )
+        return baseline
+
+    def _compute_baseline(self, key: str) -> dict:
+        start = perf_counter()
+        count, samples = len(self.items), self.settings.samples_per_prompt
+        responses = self._generate(self.sft_model, count, samples, self.decoding, EVAL_SEED)
+        texts = [self._text(response) for response in responses]
+        rows = self._rows(count)
+        scores = {judge.name: self._scores(judge, rows, texts) for judge in self.judges}
+        references = None
+        if self.has_references:
+            prompts, answers = [item.prompt for item in self.items], [item.reference for item in self.items]
+            references = {
+                judge.name: np.asarray(judge.score(prompts, answers))[:, None] for judge in self.judges
+            }
+        lengths = np.asarray([response.length for response in responses], dtype=float).reshape(count, samples)
+        own = {name: values.reshape(count, samples) for name, values in scores.items()}
+        metrics = response_metrics(lengths.ravel(), texts, self.settings.max_new_tokens)
+        metrics.update(self._judged(own, own, lengths, lengths, references))
+        return {
+            "key": key,
+            "created": utc_now(),
+            "time_s": round(perf_counter() - start, 3),
+            "model": self.recipe.model.path,
+            "n_prompts": count,
+            "samples_per_prompt": samples,
+            "responses": texts,
+            "lengths": [response.length for response in responses],
+            "ended": [response.ended for response in responses],
+            "scores": {name: values.tolist() for name, values in scores.items()},
+            "reference_scores": {name: values.ravel().tolist() for name, values in references.items()}
+            if references
+            else None,
+            "metrics": metrics,
+        }
+
+    # ----------------------------------------------------------------------------------- evaluation
+
+    def evaluate(self, policy, trial_dir: str | Path) -> dict:
+        """Full evaluation: write trial_dir/samples.jsonl and return the flat metrics dict."""
+        metrics, records = self._run(policy, len(self.items), with_kl=True)
+        write_jsonl(Path(trial_dir) / "samples.jsonl", records)
+        return metrics
+
+    def quick(self, policy) -> float:
+        """The objective on the first `eval.quick_prompts` prompts (no files written)."""
+        count = min(self.settings.quick_prompts, len(self.items))
+        needs_kl = self.settings.objective.rsplit(".", 1)[-1].startswith("kl_")
+        return self.objective(self._run(policy, count, with_kl=needs_kl)[0])
+
+    def objective(self, metrics: dict) -> float:
+        """The value of `eval.objective` in a metrics dict (NaN when it is missing)."""
+        value = metrics.get(self.settings.objective)
+        return math.nan if value is None else float(value)
+
+    def _kl(self, policy, count: int, responses: list[Response]) -> tuple[dict, list[int], list[dict]]:
+        """KL metrics, and each KL sample's prompt index and record."""
+        if self.decoding.samples_model:
+            rows = self._rows(count)
+        else:
+            per_prompt = self.settings.kl_samples
+            free = Decoding(self.settings.max_new_tokens, do_sample=True)
+            responses = self._generate(policy, count, per_prompt, free, EVAL_SEED + 1)
+            rows = self._rows(count, per_prompt)
+        prompts = [self.prompt_ids[index] for index in rows]
+        batch = self.settings.batch_size
+        logp_policy = sequence_logps(policy, prompts, responses, batch, self.pad_id)
+        logp_sft = sequence_logps(self.sft_model, prompts, responses, batch, self.pad_id)
+        tokens = [len(response.ids) for response in responses]
+        kl, per_token = stats.kl_estimate(logp_policy, logp_sft, tokens)
+        samples = [
+            {"response": self._text(response), "tokens": n, "logp_policy": lp, "logp_sft": ls}
+            for response, n, lp, ls in zip(responses, tokens, logp_policy, logp_sft, strict=True)
+        ]
+        return {"kl_to_sft": kl, "kl_to_sft_per_token": per_token}, rows, samples
+
+    def _run(self, policy, count: int, with_kl: bool) -> tuple[dict, list[dict]]:
+        """Metrics and samples.jsonl records of `policy` on the first `count` prompts."""
+        samples = self.settings.samples_per_prompt
+        rows = self._rows(count)
+        times = {}
+        start = perf_counter()
+        responses = self._generate(policy, count, samples, self.decoding, EVAL_SEED)
+        texts = [self._text(response) for response in responses]
+        times["generate"] = perf_counter() - start
+        start = perf_counter()
+        scores = {judge.name: self._scores(judge, rows, texts) for judge in self.judges}
+        times["judge"] = perf_counter() - start
+        lengths = np.asarray([response.length for response in responses], dtype=float).reshape(count, samples)
+        metrics = self._judged(
+            {name: values.reshape(count, samples) for name, values in scores.items()},
+            {name: values[:count] for name, values in self.sft_scores.items()},
+            lengths,
+            self.sft_lengths[:count],
+            {name: values[:count] for name, values in self.reference_scores.items()}
+            if self.has_references
+            else None,
+        )
+        kl_lines: list[list[dict]] = [[] for _ in rows]
+        if with_kl:
+            start = perf_counter()
+            kl_metrics, kl_rows, kl_samples = self._kl(policy, count, responses)
+            metrics.update(kl_metrics)
+            for position, (index, sample) in enumerate(zip(kl_rows, kl_samples, strict=True)):
+                kl_lines[position if self.decoding.samples_model else index * samples].append(sample)
+            times["kl"] = perf_counter() - start
+        metrics.update(response_metrics(lengths.ravel(), texts, self.settings.max_new_tokens))
+        metrics["time_s"] = {name: round(seconds, 3) for name, seconds in times.items()}
+        return metrics, self._records(rows, responses, texts, scores, kl_lines)
+
+    def _records(
+        self,
+        rows: list[int],
+        responses: list[Response],
+        texts: list[str],
+        scores: dict,
+        kl_lines: list[list[dict]],
+    ) -> list[dict]:
+        records = []
+        samples = self.settings.samples_per_prompt
+        for line, (index, response, text) in enumerate(zip(rows, responses, texts, strict=True)):
+            record = {"prompt_index": index, "sample": line % samples, "prompt": self.items[index].prompt}
+            if self.has_references:
+                record["reference"] = self.items[index].reference
+            record["response"] = text
+            record["sft_response"] = self.baseline["responses"][line]
+            for judge in self.judges:
+                prefix = "" if judge.primary else f"{judge.name}."
+                record[prefix + "score"] = float(scores[judge.name][line])
+                record[prefix + "sft_score"] = float(self.sft_scores[judge.name].flat[line])
+                if self.has_references:
+                    record[prefix + "reference_score"] = float(self.reference_scores[judge.name][index, 0])
+            record.update(
+                length=response.length,
+                sft_length=int(self.sft_lengths.flat[line]),
+                words=len(text.split()),
+                truncated=not response.ended,
+                kl=kl_lines[line],
+            )
+            records.append(record)
+        return records

@@ -1,0 +1,181 @@
+"""Judges score (prompt, response) pairs: a reward model (a one-logit sequence classifier) or a Python
+callable `module:function(prompts, responses) -> scores`. The first judge of a recipe is the primary one.
+
+A reward model reads each pair through its own tokenizer: with a chat template, the conversation
+[user prompt (or the prompt's own messages), assistant response] rendered by `apply_chat_template`;
+without one, prompt text + response text + the eos token, the format TRL's RewardTrainer trains on.
+Sequences are truncated to `max_length` (on the tokenizer's truncation side), right-padded in batches,
+and scored at their last non-pad token.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import numbers
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from sweep.errors import UserError
+from sweep.recipe import JudgeSpec
+
+
+class Judge:
+    """A named scorer: `score(prompts, responses)` returns one finite float per response."""
+
+    def __init__(self, name: str, primary: bool):
+        self.name = name
+        self.primary = primary
+
+    def score(self, prompts: Sequence, responses: Sequence[str]) -> list[float]:
+        """One score per (prompt, response) pair."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts for {len(responses)} responses")
+        if not responses:
+            return []
+        return self._checked(self._score(list(prompts), list(responses)), len(responses))
+
+    def _score(self, prompts: list, responses: list[str]):
+        raise NotImplementedError
+
+    def _checked(self, result, expected: int) -> list[float]:
+        values = result.tolist() if hasattr(result, "tolist") else result
+        try:
+            values = list(values)
+        except TypeError:
+            raise UserError(
+                f"judge {self.name}: expected a list of scores, got {type(result).__name__}"
+            ) from None
+        if len(values) != expected:
+            raise UserError(f"judge {self.name}: returned {len(values)} scores for {expected} responses")
+        for index, value in enumerate(values):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise UserError(f"judge {self.name}: score {index} is {value!r}, not a finite number")
+        return [float(value) for value in values]
+
+
+class CallableJudge(Judge):
+    """A Python function `(prompts, responses) -> list of numbers`, imported from `module:function`."""
+
+    def __init__(self, spec: JudgeSpec, primary: bool):
+        super().__init__(spec.name, primary)
+        module_name, function_name = spec.callable.split(":")
+        if os.getcwd() not in sys.path:
+            sys.path.append(os.getcwd())
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as error:
+            raise UserError(f"judge {spec.name}: cannot import {module_name!r} ({error})") from None
+        self.function = getattr(module, function_name, None)
+        if not callable(self.function):
+            raise UserError(f"judge {spec.name}: module {module_name!r} has no function {function_name!r}")
+
+    def _score(self, prompts: list, responses: list[str]):
+        return self.function(prompts, responses)
+
+
+def judge_device(name: str, default: str | torch.device | None) -> torch.device:
+    """`auto` is the worker's device (or cuda when available, else cpu); anything else as given."""
+    if name == "auto":
+        if default is not None:
+            return torch.device(default)
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+def judge_dtype(name: str, device: torch.device) -> torch.dtype:
+    """`auto` is bfloat16 on a GPU that supports it, else float32; anything else as given."""
+    if name != "auto":
+        return getattr(torch, name)
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def _prompt_text(prompt: str | list[dict]) -> str:
+    return prompt if isinstance(prompt, str) else "\n".join(message["content"] for message in prompt)
+
+
+def sequence_ids(tokenizer, prompt: str | list[dict], response: str, max_length: int) -> list[int]:
+    """Token ids a reward model reads for one (prompt, response) pair, truncated to max_length."""
+    if tokenizer.chat_template:
+        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+        text = tokenizer.apply_chat_template(
+            [*messages, {"role": "assistant", "content": response}], tokenize=False
+        )
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    else:
+        text = _prompt_text(prompt) + response
+        if tokenizer.eos_token and not text.endswith(tokenizer.eos_token):
+            text += tokenizer.eos_token
+        ids = tokenizer(text)["input_ids"]
+    return ids[-max_length:] if tokenizer.truncation_side == "left" else ids[:max_length]
+
+
+class RewardModelJudge(Judge):
+    """A sequence classifier with one output, on its own device and dtype."""
+
+    def __init__(self, spec: JudgeSpec, primary: bool, cache_dir: str | Path, device=None):
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+        from sweep.builtin import resolve
+
+        super().__init__(spec.name, primary)
+        self.spec = spec
+        path = resolve(spec.reward_model, cache_dir)
+        tokenizer_path = resolve(spec.tokenizer, cache_dir) if spec.tokenizer else path
+        options = {"trust_remote_code": spec.trust_remote_code}
+        self.device = judge_device(spec.device, device)
+        try:
+            config = AutoConfig.from_pretrained(path, revision=spec.revision, **options)
+            labels = config.num_labels
+            if labels != 1:
+                raise UserError(
+                    f"judge {spec.name}: {spec.reward_model} has {labels} outputs (num_labels={labels}); "
+                    "a reward-model judge needs a single-logit head (num_labels=1)"
+                )
+            revision = None if spec.tokenizer else spec.revision
+            self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, revision=revision, **options)
+            self.model = AutoModelForSequenceClassification.from_pretrained(
+                path, revision=spec.revision, dtype=judge_dtype(spec.dtype, self.device), **options
+            )
+        except (OSError, ValueError) as error:
+            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise UserError(
+                f"judge {spec.name}: cannot load reward model {spec.reward_model!r}: {message}"
+            ) from None
+        self.model.to(self.device).eval()
+        self.pad_id = self.tokenizer.pad_token_id
+        if self.pad_id is None:
+            self.pad_id = self.tokenizer.eos_token_id
+        if self.pad_id is None:
+            raise UserError(f"judge {spec.name}: the reward model's tokenizer has no pad or eos token")
+        text_config = self.model.config.get_text_config()
+        if text_config.pad_token_id is None:
+            text_config.pad_token_id = self.pad_id
+
+    def _score(self, prompts: list, responses: list[str]) -> list[float]:
+        from sweep.rm import score_ids
+
+        sequences = [
+            sequence_ids(self.tokenizer, prompt, response, self.spec.max_length)
+            for prompt, response in zip(prompts, responses, strict=True)
+        ]
+        return score_ids(self.model, self.pad_id, sequences, self.spec.batch_size)
+
+
+def load_judges(specs: Sequence[JudgeSpec], cache_dir: str | Path, device=None) -> list[Judge]:
+    """Load every judge once; the first is primary. `device` is where `device: auto` judges go."""
+    return [
+        RewardModelJudge(spec, index == 0, cache_dir, device)
+        if spec.reward_model is not None
+        else CallableJudge(spec, index == 0)
+        for index, spec in enumerate(specs)
+    ]

@@ -1,0 +1,307 @@
+"""Evaluation: generation, the KL estimator against an exact enumeration, and the Evaluator end to end."""
+
+import itertools
+import json
+import math
+import threading
+
+import numpy as np
+import pytest
+import torch
+from tiny import CHAT_TEMPLATE, save_dir, tiny_causal_lm, tiny_reward_model, tiny_tokenizer
+
+from sweep import stats
+from sweep.errors import UserError
+from sweep.evaluate import Decoding, Evaluator, encode_prompt, generate, sequence_logps, stop_ids
+from sweep.io import read_jsonl
+from sweep.recipe import Recipe
+
+WORDS = ["a", "b", "c", "d", ":", "user", "assistant"]
+EVAL_ROWS = [
+    {"prompt": "a b :", "chosen": "c d"},
+    {"prompt": "c :", "chosen": "a"},
+    {"prompt": "d d a :", "chosen": "b b c"},
+    {"prompt": "b :", "chosen": "d"},
+    {"prompt": "a a a c :", "chosen": "c c"},
+]
+JUDGE_METRICS = [
+    "judge_score_mean",
+    "judge_score_std",
+    "win_rate_vs_sft",
+    "win_rate_vs_sft_ci",
+    "lc_win_rate_vs_sft",
+    "win_rate_vs_chosen",
+    "win_rate_vs_chosen_ci",
+]
+OTHER_METRICS = [
+    "kl_to_sft",
+    "kl_to_sft_per_token",
+    "length_mean",
+    "length_median",
+    "length_p90",
+    "words_mean",
+    "empty_fraction",
+    "truncated_fraction",
+]
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return tiny_tokenizer(WORDS)
+
+
+def causal_lm(tokenizer, seed):
+    return tiny_causal_lm(tokenizer, seed, initializer_range=0.3)
+
+
+# ------------------------------------------------------------------------------------------ KL
+
+
+@torch.no_grad()
+def exact_kl(policy, reference, prompt: list[int], eos: int, vocab: int, max_new_tokens: int):
+    """KL(policy‖reference) and its per-token form, summed over every response (sequences ending at the first
+    EOS or at max_new_tokens), each response's log-probability from an unpadded forward pass."""
+    kl = per_token = total = 0.0
+    for length in range(1, max_new_tokens + 1):
+        responses = [
+            tokens
+            for tokens in itertools.product(range(vocab), repeat=length)
+            if eos not in tokens[:-1] and (tokens[-1] == eos or length == max_new_tokens)
+        ]
+        sequences = torch.tensor([prompt + list(tokens) for tokens in responses])
+        targets = sequences[:, len(prompt) :, None]
+
+        def logp(model, sequences=sequences, targets=targets):
+            logps = model(sequences).logits[:, len(prompt) - 1 : -1].log_softmax(-1)
+            return logps.gather(-1, targets).squeeze(-1).sum(-1).double()
+
+        log_ratio = logp(policy) - logp(reference)
+        p = logp(policy).exp()
+        kl += float(p @ log_ratio)
+        per_token += float(p @ log_ratio) / length
+        total += float(p.sum())
+    assert total == pytest.approx(1.0, abs=1e-5)
+    return kl, per_token
+
+
+def test_monte_carlo_kl_agrees_with_exact_enumeration():
+    tokenizer = tiny_tokenizer(["a", "b"])  # vocabulary of 5: <pad> <eos> <unk> a b
+    reference, policy = causal_lm(tokenizer, 0), causal_lm(tokenizer, 1)
+    prompts = [encode_prompt(tokenizer, "a b"), encode_prompt(tokenizer, "b")]
+    eos, samples, max_new = tokenizer.eos_token_id, 2000, 3
+    responses = generate(policy, prompts, samples, Decoding(max_new, do_sample=True), 512, 0, [eos], seed=0)
+    rows = [prompt for prompt in prompts for _ in range(samples)]
+    logp_policy = sequence_logps(policy, rows, responses, 256, 0)
+    logp_reference = sequence_logps(reference, rows, responses, 256, 0)
+    tokens = [len(response.ids) for response in responses]
+    kl, per_token = stats.kl_estimate(logp_policy, logp_reference, tokens)
+    exact = [exact_kl(policy, reference, prompt, eos, len(tokenizer), max_new) for prompt in prompts]
+    ratio = np.subtract(logp_policy, logp_reference)
+    assert kl > 0.1
+    assert kl == pytest.approx(np.mean([e[0] for e in exact]), abs=4 * ratio.std() / math.sqrt(ratio.size))
+    per_token_error = 4 * (ratio / tokens).std() / math.sqrt(ratio.size)
+    assert per_token == pytest.approx(np.mean([e[1] for e in exact]), abs=per_token_error)
+
+
+def test_sequence_logps_in_padded_batches_match_unpadded_passes(tokenizer):
+    model = causal_lm(tokenizer, 0)
+    prompts = [encode_prompt(tokenizer, text) for text in ("a b :", "c :", "d d a b c :")]
+    responses = generate(
+        model, prompts, 2, Decoding(4, do_sample=True), 4, 0, [tokenizer.eos_token_id], seed=1
+    )
+    rows = [prompt for prompt in prompts for _ in range(2)]
+    found = sequence_logps(model, rows, responses, 3, tokenizer.pad_token_id)
+    with torch.no_grad():
+        for prompt, response, value in zip(rows, responses, found, strict=True):
+            logps = model(torch.tensor([prompt + list(response.ids)])).logits[0].log_softmax(-1)
+            expected = sum(logps[len(prompt) - 1 + t, token].item() for t, token in enumerate(response.ids))
+            assert value == pytest.approx(expected, abs=1e-4)
+
+
+def test_generation_ignores_the_models_generation_config_and_restores_it(tokenizer):
+    model = causal_lm(tokenizer, 0)
+    prompts = [encode_prompt(tokenizer, "a b :"), encode_prompt(tokenizer, "c :")]
+    decoding = Decoding(5, do_sample=True)
+    plain = generate(model, prompts, 3, decoding, 4, 0, [tokenizer.eos_token_id], seed=0)
+    model.generation_config.top_k = 1
+    model.generation_config.repetition_penalty = 5.0
+    model.train()
+    assert generate(model, prompts, 3, decoding, 4, 0, [tokenizer.eos_token_id], seed=0) == plain
+    assert model.generation_config.top_k == 1 and model.training
+    greedy = generate(model, prompts, 3, Decoding(5, do_sample=False), 4, 0, [tokenizer.eos_token_id], seed=0)
+    assert greedy[0] == greedy[1] == greedy[2] != greedy[3]
+
+
+def test_prompts_are_tokenized_as_trl_tokenizes_them():
+    from trl.data_utils import _tokenize  # what DPOTrainer uses to tokenize prompts
+
+    tokenizer = tiny_tokenizer(WORDS, CHAT_TEMPLATE)
+    conversation = [{"role": "user", "content": "a b :"}]
+    assert encode_prompt(tokenizer, "a b :") == _tokenize(tokenizer, "a b :")["input_ids"]
+    expected = _tokenize(tokenizer, conversation, add_generation_prompt=True)["input_ids"]
+    assert encode_prompt(tokenizer, conversation) == expected
+    assert tokenizer.decode(expected) == "user : a b : assistant :"
+    with pytest.raises(UserError, match="no chat template"):
+        encode_prompt(tiny_tokenizer(WORDS), conversation)
+
+
+def test_stop_ids_include_the_generation_configs_eos(tokenizer):
+    model = causal_lm(tokenizer, 0)
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, 4]
+    assert stop_ids(model, tokenizer) == [tokenizer.eos_token_id, 4]
+
+
+# ------------------------------------------------------------------------------------------ Evaluator
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, tokenizer):
+    root = tmp_path_factory.mktemp("evaluate")
+    save_dir(root / "sft", causal_lm(tokenizer, 0), tokenizer)
+    save_dir(root / "rm", tiny_reward_model(tokenizer, seed=5, initializer_range=0.3), tokenizer)
+    (root / "eval.jsonl").write_text("".join(json.dumps(row) + "\n" for row in EVAL_ROWS))
+    (root / "eval_judges.py").write_text(
+        "def words(prompts, responses):\n    return [len(r.split()) for r in responses]\n"
+    )
+    return root
+
+
+def make_recipe(root, **eval_settings) -> Recipe:
+    return Recipe.model_validate(
+        {
+            "name": "t",
+            "model": str(root / "sft"),
+            "data": {
+                "train": {"path": "train.jsonl"},
+                "eval": {"path": str(root / "eval.jsonl"), "columns": {"reference": "chosen"}},
+            },
+            "judge": [
+                {"reward_model": str(root / "rm"), "batch_size": 4},
+                {"name": "len", "callable": "eval_judges:words"},
+            ],
+            "methods": {"dpo": None},
+            "eval": {"max_new_tokens": 4, "batch_size": 3, "bootstrap": 200, **eval_settings},
+        }
+    )
+
+
+@pytest.fixture
+def sweep_env(workspace, monkeypatch):
+    monkeypatch.syspath_prepend(str(workspace))
+    return workspace
+
+
+def evaluator(root, tokenizer, sweep_dir, logs=None, **eval_settings):
+    log = logs.append if logs is not None else (lambda line: None)
+    return Evaluator(
+        make_recipe(root, **eval_settings), causal_lm(tokenizer, 0), tokenizer, sweep_dir, "cpu", log
+    )
+
+
+def test_evaluation_writes_every_metric_and_one_line_per_sample(sweep_env, tokenizer, tmp_path):
+    settings = {"do_sample": True, "samples_per_prompt": 2}
+    logs = []
+    ev = evaluator(sweep_env, tokenizer, tmp_path / "sweep", logs, **settings)
+    assert len(logs) == 1 and logs[0].startswith("SFT baseline: generated 10 responses (")
+    metrics = ev.evaluate(causal_lm(tokenizer, 1), tmp_path / "trial")
+    expected = [*JUDGE_METRICS, *OTHER_METRICS, *(f"len.{key}" for key in JUDGE_METRICS), "time_s"]
+    assert sorted(metrics) == sorted(expected)
+    assert set(metrics["time_s"]) == {"generate", "judge", "kl"}
+    assert metrics["kl_to_sft"] > 0
+    low, high = metrics["win_rate_vs_sft_ci"]
+    assert 0 <= low <= metrics["win_rate_vs_sft"] <= high <= 1
+    lines = read_jsonl(tmp_path / "trial" / "samples.jsonl")
+    assert len(lines) == len(EVAL_ROWS) * 2
+    assert [(line["prompt_index"], line["sample"]) for line in lines[:3]] == [(0, 0), (0, 1), (1, 0)]
+    for line in lines:
+        assert {
+            "prompt",
+            "reference",
+            "response",
+            "score",
+            "sft_response",
+            "sft_score",
+            "reference_score",
+            "len.score",
+            "len.sft_score",
+            "length",
+            "sft_length",
+            "words",
+            "truncated",
+        } <= set(line)
+        assert [sample["response"] for sample in line["kl"]] == [line["response"]]
+        assert line["len.score"] == line["words"] == len(line["response"].split())
+    kl = [s["logp_policy"] - s["logp_sft"] for line in lines for s in line["kl"]]
+    assert metrics["kl_to_sft"] == pytest.approx(np.mean(kl))
+    scores = np.array([line["score"] for line in lines]).reshape(-1, 2)
+    sft_scores = np.array([line["sft_score"] for line in lines]).reshape(-1, 2)
+    assert metrics["win_rate_vs_sft"] == pytest.approx(stats.win_rate(scores, sft_scores))
+    assert metrics["judge_score_mean"] == pytest.approx(scores.mean())
+    assert metrics["length_mean"] == pytest.approx(np.mean([line["length"] for line in lines]))
+
+
+def test_the_sft_model_against_itself_ties(sweep_env, tokenizer, tmp_path):
+    for settings in ({"do_sample": True, "samples_per_prompt": 2}, {"do_sample": False}):
+        ev = evaluator(sweep_env, tokenizer, tmp_path / str(settings["do_sample"]), **settings)
+        metrics = ev.evaluate(causal_lm(tokenizer, 0), tmp_path / "trial")
+        for prefix in ("", "len."):
+            assert metrics[prefix + "win_rate_vs_sft"] == 0.5
+            assert metrics[prefix + "win_rate_vs_sft_ci"] == [0.5, 0.5]
+            assert metrics[prefix + "lc_win_rate_vs_sft"] == 0.5
+        assert metrics["kl_to_sft"] == 0.0
+        baseline = ev.baseline["metrics"]
+        assert metrics["length_mean"] == baseline["length_mean"]
+        assert metrics["win_rate_vs_chosen"] == baseline["win_rate_vs_chosen"]
+
+
+def test_greedy_evaluation_draws_separate_kl_samples(sweep_env, tokenizer, tmp_path):
+    ev = evaluator(sweep_env, tokenizer, tmp_path / "sweep", do_sample=False, kl_samples=3)
+    metrics = ev.evaluate(causal_lm(tokenizer, 1), tmp_path / "trial")
+    lines = read_jsonl(tmp_path / "trial" / "samples.jsonl")
+    assert len(lines) == len(EVAL_ROWS)
+    assert all(len(line["kl"]) == 3 for line in lines)
+    kl = [s["logp_policy"] - s["logp_sft"] for line in lines for s in line["kl"]]
+    per_token = [(s["logp_policy"] - s["logp_sft"]) / s["tokens"] for line in lines for s in line["kl"]]
+    assert metrics["kl_to_sft"] == pytest.approx(np.mean(kl))
+    assert metrics["kl_to_sft_per_token"] == pytest.approx(np.mean(per_token))
+    assert metrics["truncated_fraction"] == np.mean([line["truncated"] for line in lines])
+
+
+def test_baseline_is_cached_per_sweep_and_recomputed_when_settings_change(sweep_env, tokenizer, tmp_path):
+    logs = []
+    first = evaluator(sweep_env, tokenizer, tmp_path, logs)
+    second = evaluator(sweep_env, tokenizer, tmp_path, logs)
+    assert logs[1] == "SFT baseline: reused cache/sft_baseline.json"
+    assert second.baseline == first.baseline
+    assert {"key", "responses", "lengths", "scores", "reference_scores", "metrics"} <= set(first.baseline)
+    evaluator(sweep_env, tokenizer, tmp_path, logs, objective="len.win_rate_vs_sft", kl_samples=2)
+    evaluator(sweep_env, tokenizer, tmp_path, logs, max_new_tokens=3)
+    assert [line.split()[2] for line in logs] == ["generated", "reused", "reused", "generated"]
+
+
+def test_workers_starting_together_compute_the_baseline_once(sweep_env, tokenizer, tmp_path):
+    logs = []
+    workers = [
+        threading.Thread(target=evaluator, args=(sweep_env, tokenizer, tmp_path, logs)) for _ in range(2)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert sorted(line.split()[2] for line in logs) == ["generated", "reused"]
+
+
+def test_quick_evaluation_and_objective(sweep_env, tokenizer, tmp_path):
+    ev = evaluator(sweep_env, tokenizer, tmp_path, objective="len.win_rate_vs_sft", quick_prompts=2)
+    policy = causal_lm(tokenizer, 1)
+    policy.train()
+    value = ev.quick(policy)
+    assert policy.training and not list(tmp_path.glob("**/samples.jsonl"))
+    metrics = ev.evaluate(policy, tmp_path / "trial")
+    lines = read_jsonl(tmp_path / "trial" / "samples.jsonl")[:2]
+    assert value == stats.win_rate(
+        [line["words"] for line in lines], [line["len.sft_score"] for line in lines]
+    )
+    assert ev.objective(metrics) == metrics["len.win_rate_vs_sft"]
+    assert math.isnan(ev.objective({}))
