@@ -94,6 +94,20 @@ def _simpo_gamma(params: dict) -> dict:
     return {"simpo_gamma": params["gamma"]}
 
 
+def _conservative(params: dict) -> dict:
+    """cDPO, -(1-e)logsig(bD) - e logsig(-bD), from TRL's own losses: 2(1-e)*sigmoid - (1-2e)*robust.
+
+    TRL 1.16's sigmoid loss ignores label_smoothing; its robust (rDPO) loss is
+    ((1-e)S - eF)/(1-2e) with S = -logsig(bD), F = -logsig(-bD), so the weighted sum is exactly cDPO.
+    """
+    epsilon = params["label_smoothing"]
+    return {
+        "loss_type": ["sigmoid", "robust"],
+        "loss_weights": [2 * (1 - epsilon), -(1 - 2 * epsilon)],
+        "label_smoothing": epsilon,
+    }
+
+
 def _trust_region(params: dict) -> dict:
     """TR-*: soft update (alpha, every step) or hard update (copy every tau steps)."""
     if "tau" in params:
@@ -109,7 +123,7 @@ MAPPERS: Mapping[str, Callable[[dict], dict]] = MappingProxyType(
     {
         "beta": _direct("beta"),
         "learning_rate": _direct("learning_rate"),
-        "label_smoothing": _direct("label_smoothing"),
+        "label_smoothing": _conservative,
         "ld_alpha": _direct("ld_alpha"),
         "gamma": _simpo_gamma,
         "gamma_beta_ratio": _simpo_gamma,

@@ -33,7 +33,10 @@ METRICS = (
     "length_mean",
 )
 MINIMIZED_METRICS = ("kl_to_sft", "kl_to_sft_per_token", "length_mean")
-POSWEEP_TRL_FIELDS = {"output_dir", "seed", "data_seed", "report_to", "logging_dir", "disable_tqdm"}
+POSWEEP_TRL_FIELDS = {
+    "output_dir", "seed", "data_seed", "report_to", "logging_dir", "disable_tqdm", "save_strategy",
+    "eval_strategy", "logging_nan_inf_filter", "use_cpu", "bf16", "fp16", "loss_weights",
+}  # fmt: skip
 SCHEDULERS = Literal[
     "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
     "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay",
@@ -550,7 +553,14 @@ def _path_problems(recipe: Recipe, base: Path) -> list[tuple[str, str]]:
 
 
 class YamlLoader(yaml.SafeLoader):
-    """A safe loader that rejects duplicate keys instead of silently keeping the last."""
+    """A safe loader that rejects duplicate keys and reads 1e-3 as a number (as YAML 1.2 does)."""
+
+
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
 
 
 def _no_duplicates(loader: YamlLoader, node: yaml.MappingNode, deep: bool = False) -> dict:

@@ -415,3 +415,19 @@ def test_objective_on_a_secondary_judge(base_recipe, recipe_file):
         )
     )
     assert recipe.eval.direction == "minimize"
+
+
+def test_exponent_floats_are_numbers(recipe_file):
+    """YAML 1.1 reads 1e-3 as a string; posweep reads it as the number users mean."""
+    from sweep.recipe import load_recipe
+
+    text = """
+name: t
+model: builtin:toy
+data: {train: {path: builtin:toy/train}, eval: {path: builtin:toy/eval}}
+judge: {reward_model: builtin:toy-rm}
+methods:
+  dpo: {beta: [1e-1, 2.5e+0], learning_rate: [1e-3, 5E-7]}
+"""
+    recipe = load_recipe(recipe_file(text))
+    assert recipe.space("dpo") == {"beta": [0.1, 2.5], "learning_rate": [0.001, 5e-07]}

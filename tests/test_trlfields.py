@@ -69,7 +69,11 @@ def test_reading_fields_imports_neither_torch_nor_trl():
             {"tau": 64.0},
             {"sync_ref_model": True, "ref_model_mixup_alpha": 1.0, "ref_model_sync_steps": 64},
         ),
-        ("cdpo", {"label_smoothing": 0.2}, {"label_smoothing": 0.2, "loss_type": ["sigmoid"]}),
+        (
+            "cdpo",
+            {"label_smoothing": 0.2},
+            {"label_smoothing": 0.2, "loss_type": ["sigmoid", "robust"], "loss_weights": [1.6, -0.6]},
+        ),
     ],
 )
 def test_hyperparameters_map_onto_trl_fields(method, params, expected):

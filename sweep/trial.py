@@ -1,0 +1,490 @@
+"""One trial: train the registry's TRL trainer with one point of the search space, evaluate it, record it.
+
+A `Worker` lives as long as its process: it loads the tokenizer, the training pairs and the SFT weights
+once, and keeps the SFT model frozen on its device, where it serves as the starting point of every trial,
+the fixed reference model of the methods that have one, and the SFT side of evaluation.
+
+`Worker.run` writes `trials/<id>/params.json` first and `metrics.json` last. Failures are data: an
+exception, a NaN loss or an out-of-memory error ends that trial (state failed or diverged), never the
+worker; only KeyboardInterrupt propagates, after the trial is recorded as interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import gc
+import importlib
+import math
+import os
+import shutil
+import time
+import traceback
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, TrainerCallback, set_seed
+from transformers.utils import logging as transformers_logging
+
+from sweep.builtin import resolve
+from sweep.data import load_pairs
+from sweep.errors import UserError
+from sweep.io import append_jsonl, read_json, utc_now, write_json, write_text
+from sweep.methods import Method, get_method
+from sweep.plan import TrialSpec
+from sweep.recipe import LoraSpec, ModelSpec, Recipe, TrainSpec
+
+EVALUATION_TIMES = ("generate", "judge", "kl")
+TIME_KEYS = ("load", "train", *EVALUATION_TIMES, "total")
+SCRATCH = "scratch"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class TrialResult:
+    """The outcome of one trial, as recorded in its metrics.json."""
+
+    trial_id: str
+    state: str
+    objective: float | None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    error: dict[str, str] | None = None
+
+
+@dataclass
+class _Outcome:
+    """What a trial has produced so far; filled in as it goes, so a failure keeps what came before."""
+
+    state: str = "complete"
+    objective: float | None = None
+    error: dict[str, str] | None = None
+    train: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    times: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TIME_KEYS, 0.0))
+
+
+class _TrialCallback(TrainerCallback):
+    """Appends TRL's log records to train_log.jsonl, stops on a non-finite loss, and reports for pruning.
+
+    The pruning value is `quick(model)` every `every_steps` steps, or the last logged loss without `quick`.
+    """
+
+    def __init__(
+        self,
+        log_path: Path,
+        every_steps: int | None,
+        quick: Callable[[Any], float] | None,
+        report: Callable[[int, float], bool] | None,
+    ):
+        self.log_path = log_path
+        self.every_steps = every_steps if report is not None else None
+        self.quick = quick
+        self.report = report
+        self.last_loss: float | None = None
+        self.diverged_at: int | None = None
+        self.quick_value: float | None = None
+        self.pruned_at: int | None = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        append_jsonl(self.log_path, {"step": state.global_step, "epoch": state.epoch, **(logs or {})})
+        if logs and "loss" in logs:
+            self.last_loss = float(logs["loss"])
+            if not math.isfinite(self.last_loss):
+                self.diverged_at = state.global_step
+                control.should_training_stop = True
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if self.every_steps is None or state.global_step % self.every_steps:
+            return
+        if self.quick is None:
+            value = self.last_loss
+        else:
+            was_training = model.training
+            value = self.quick(model)
+            model.train(was_training)
+        if value is None or not math.isfinite(value):
+            return
+        self.quick_value = value
+        if self.report(state.global_step, value):
+            self.pruned_at = state.global_step
+            control.should_training_stop = True
+
+
+class Worker:
+    """Runs trials one after another in one process, loading the shared inputs once."""
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        sweep_dir: str | Path,
+        device: str = "cpu",
+        log: Callable[[str], None] = print,
+        evaluator_factory: Callable[[Any, Any], Any] | None = None,
+        train_dataset: datasets.Dataset | None = None,
+    ):
+        self.recipe = recipe
+        self.sweep_dir = Path(sweep_dir)
+        self.device = device
+        self.log = log
+        self._evaluator_factory = evaluator_factory
+        self._evaluator = None
+        self._lora = _lora_config(recipe.model.lora) if recipe.model.lora else None
+        cache_dir = self.sweep_dir / "cache"
+        model_path = resolve(recipe.model.path, cache_dir, log=log)
+        tokenizer = recipe.model.tokenizer
+        tokenizer_path = resolve(tokenizer, cache_dir, log=log) if tokenizer else model_path
+        self.pairs = train_dataset if train_dataset is not None else load_pairs(recipe.data.train, cache_dir)
+        with _no_progress_bars():
+            self.tokenizer = _load_tokenizer(recipe.model, tokenizer_path, same_repo=tokenizer is None)
+            self.sft = _load_model(recipe.model, model_path).to(device).eval().requires_grad_(False)
+
+    @property
+    def direction(self) -> str:
+        """Whether a larger objective is better (the final training loss, without evaluator, is minimized)."""
+        return self.recipe.eval.direction if self._evaluator_factory else "minimize"
+
+    @property
+    def evaluator(self):
+        """The evaluator (created on first use), or None when the objective is the training loss."""
+        if self._evaluator is None and self._evaluator_factory is not None:
+            self._evaluator = self._evaluator_factory(self.sft, self.tokenizer)
+        return self._evaluator
+
+    def trial_dir(self, trial_id: str) -> Path:
+        """The folder of one trial."""
+        return self.sweep_dir / "trials" / trial_id
+
+    def run(
+        self, spec: TrialSpec, attempt: int = 1, report: Callable[[int, float], bool] | None = None
+    ) -> TrialResult:
+        """Train, evaluate and record one trial; `report(step, value)` returning True prunes it."""
+        folder = self.trial_dir(spec.trial_id)
+        recorded = _read_metrics(folder)
+        if recorded is not None and recorded.get("state") == "complete":
+            return _result_from(recorded)
+        if folder.exists():
+            shutil.rmtree(folder)
+        method = get_method(spec.method)
+        started, clock = utc_now(), time.perf_counter()
+        params = {**spec.to_json(), "trl_fields": method.trl_fields(spec.params), "attempt": attempt}
+        write_json(folder / "params.json", params)
+        outcome = _Outcome()
+        try:
+            self._train_and_evaluate(spec, method, folder, report, outcome)
+        except KeyboardInterrupt:
+            outcome.state, outcome.objective = "interrupted", None
+            self._write_metrics(spec, folder, outcome, started, clock, attempt)
+            raise
+        except Exception as error:  # a failed trial is a result, not a crash of the worker
+            outcome.state, outcome.objective = "failed", None
+            outcome.error = _describe(error, "oom" if _is_oom(error) else "exception")
+            write_text(folder / "traceback.txt", traceback.format_exc())
+            self.log(f"{spec.trial_id}: failed: {outcome.error['type']}: {outcome.error['message']}")
+        finally:
+            shutil.rmtree(folder / SCRATCH, ignore_errors=True)
+            _restore_forward(self.sft)
+            _free_memory()
+        return self._write_metrics(spec, folder, outcome, started, clock, attempt)
+
+    def _train_and_evaluate(
+        self,
+        spec: TrialSpec,
+        method: Method,
+        folder: Path,
+        report: Callable[[int, float], bool] | None,
+        outcome: _Outcome,
+    ) -> None:
+        """The body of a trial: build, train, evaluate, keep weights; fills `outcome` as it goes."""
+        set_seed(spec.seed)
+        clock = time.perf_counter()
+        policy = copy.deepcopy(self.sft).to(self.device).requires_grad_(True).train()
+        reference = None
+        if method.reference == "moving":
+            reference = copy.deepcopy(self.sft)
+        elif method.reference == "fixed" and self._lora is None:
+            reference = self.sft
+        outcome.times["load"] = time.perf_counter() - clock
+
+        evaluator = self.evaluator
+        quick = evaluator.quick if evaluator is not None else None
+        clock = time.perf_counter()
+        callback = _TrialCallback(folder / "train_log.jsonl", self.recipe.eval.every_steps, quick, report)
+        trainer = self._trainer(spec, method, policy, reference, folder / SCRATCH, callback)
+        output = trainer.train()
+        policy = trainer.model
+        del trainer, reference
+        _restore_forward(self.sft)
+        _restore_forward(policy)
+        outcome.times["train"] = time.perf_counter() - clock
+        outcome.train = {
+            "loss": callback.last_loss if callback.last_loss is not None else output.training_loss,
+            "mean_loss": output.training_loss,
+            "steps": output.global_step,
+            "runtime_s": output.metrics.get("train_runtime"),
+        }
+
+        if callback.diverged_at is not None:
+            outcome.state = "diverged"
+            outcome.error = {
+                "type": "NonFiniteLoss",
+                "message": f"the training loss became {callback.last_loss} at step {callback.diverged_at}",
+                "reason": "nan_loss",
+            }
+            return
+        if callback.pruned_at is None:
+            self._evaluate(policy, folder, outcome)
+        else:
+            outcome.state, outcome.objective = "pruned", callback.quick_value
+            try:
+                self._evaluate(policy, folder, outcome)
+            except Exception as error:  # a pruned trial keeps its quick value without full metrics
+                self.log(f"{spec.trial_id}: pruned at step {callback.pruned_at}; evaluation failed: {error}")
+        self._keep(policy, folder, outcome)
+
+    def _trainer(
+        self,
+        spec: TrialSpec,
+        method: Method,
+        policy,
+        reference,
+        output_dir: Path,
+        callback: _TrialCallback,
+    ):
+        """The method's TRL trainer for this trial, its data prepared as the method needs."""
+        config = trl_config(method, spec.params, self.recipe.train, spec.seed, output_dir, self.device)
+        extra = {"ref_model": reference} if method.reference != "none" else {}
+        if self._lora is not None:
+            extra["peft_config"] = self._lora
+        with _no_progress_bars():
+            data = self.pairs
+            if method.data == "unpaired":
+                from trl import unpair_preference_dataset
+
+                # KTO reads batches in order (its KL term pairs neighbours), so desirable and undesirable
+                # examples are mixed here rather than by the sampler
+                data = unpair_preference_dataset(data).shuffle(seed=spec.seed)
+            trainer = load_object(method.trainer)(
+                model=policy,
+                args=config,
+                train_dataset=data,
+                processing_class=self.tokenizer,
+                callbacks=[callback],
+                **extra,
+            )
+        trainer.remove_callback(PrinterCallback)
+        return trainer
+
+    def _evaluate(self, policy, folder: Path, outcome: _Outcome) -> None:
+        """Evaluate the trained policy and set the objective (a pruned trial keeps its last quick value)."""
+        evaluator = self.evaluator
+        if evaluator is None:
+            value = outcome.train["loss"]
+        else:
+            metrics = dict(evaluator.evaluate(policy, folder))
+            times = metrics.pop("time_s", {})
+            outcome.times.update({key: times[key] for key in EVALUATION_TIMES if key in times})
+            outcome.metrics = metrics
+            value = evaluator.objective(metrics)
+        if outcome.state == "pruned":
+            return
+        if value is None or not math.isfinite(value):
+            name = self.recipe.eval.objective if evaluator is not None else "the final training loss"
+            raise ValueError(f"no finite objective: {name} is {value}")
+        outcome.objective = float(value)
+
+    def _keep(self, policy, folder: Path, outcome: _Outcome) -> None:
+        """Save the trained weights as `execution.keep` asks (all trials, or only the best complete one)."""
+        keep = self.recipe.execution.keep
+        if keep == "none" or outcome.state not in ("complete", "pruned"):
+            return
+        if keep == "best":
+            if outcome.state != "complete" or not self._beats_others(folder.name, outcome.objective):
+                return
+            for other in (self.sweep_dir / "trials").glob("*/model"):
+                if other.parent.name != folder.name:
+                    shutil.rmtree(other, ignore_errors=True)
+        with _no_progress_bars():
+            policy.save_pretrained(folder / "model")
+            self.tokenizer.save_pretrained(folder / "model")
+
+    def _beats_others(self, trial_id: str, objective: float) -> bool:
+        """Whether `objective` is better than that of every other complete trial of the sweep."""
+        sign = 1.0 if self.direction == "maximize" else -1.0
+        for path in (self.sweep_dir / "trials").glob("*/metrics.json"):
+            other = _read_metrics(path.parent)
+            if path.parent.name == trial_id or not other or other.get("state") != "complete":
+                continue
+            if other.get("objective") is not None and sign * objective <= sign * other["objective"]:
+                return False
+        return True
+
+    def _write_metrics(
+        self, spec: TrialSpec, folder: Path, outcome: _Outcome, started: str, clock: float, attempt: int
+    ) -> TrialResult:
+        """Write metrics.json (the trial's last file) and return the result."""
+        outcome.times["total"] = time.perf_counter() - clock
+        record = {
+            "trial_id": spec.trial_id,
+            "state": outcome.state,
+            "objective": outcome.objective,
+            "error": outcome.error,
+            "time_s": outcome.times,
+            "started": started,
+            "finished": utc_now(),
+            "attempt": attempt,
+            "train": outcome.train,
+            **outcome.metrics,
+        }
+        write_json(folder / "metrics.json", record)
+        return _result_from(record)
+
+
+def trl_config(
+    method: Method,
+    params: Mapping[str, float],
+    train: TrainSpec,
+    seed: int,
+    output_dir: str | Path,
+    device: str = "cpu",
+):
+    """The TRL config of one trial: the method's fields, the recipe's train settings, then posweep's own."""
+    config_class = load_object(method.config)
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    kwargs = method.trl_fields(params)
+    kwargs.update(
+        num_train_epochs=train.num_train_epochs,
+        max_steps=train.max_steps or -1,
+        per_device_train_batch_size=train.per_device_train_batch_size,
+        gradient_accumulation_steps=train.gradient_accumulation_steps,
+        max_length=train.max_length,
+        lr_scheduler_type=train.lr_scheduler_type,
+        weight_decay=train.weight_decay,
+        max_grad_norm=train.max_grad_norm,
+        optim=train.optim,
+        logging_steps=train.logging_steps,
+    )
+    # transformers 5 folded warmup_ratio into warmup_steps (a float below 1 is a ratio) and renamed
+    # gradient_checkpointing to activation_checkpointing; older versions know only the old names
+    kwargs["warmup_ratio" if "warmup_ratio" in fields else "warmup_steps"] = train.warmup_ratio
+    new_name = "activation_checkpointing"
+    kwargs[new_name if new_name in fields else "gradient_checkpointing"] = train.gradient_checkpointing
+    kwargs.update(train.extra)
+    kwargs.update(
+        output_dir=str(output_dir),
+        seed=seed,
+        data_seed=seed,
+        report_to="none",
+        disable_tqdm=True,
+        save_strategy="no",
+        eval_strategy="no",
+        logging_nan_inf_filter=False,
+        use_cpu=device == "cpu",
+        **_precision(train.precision, device),
+    )
+    return config_class(**kwargs)
+
+
+def load_object(path: str):
+    """The object named by a registry import string 'module:Name' (trl.experimental imported quietly)."""
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _result_from(record: dict) -> TrialResult:
+    top = ("trial_id", "state", "objective", "error")
+    metrics = {key: value for key, value in record.items() if key not in top}
+    return TrialResult(record["trial_id"], record["state"], record["objective"], metrics, record["error"])
+
+
+def _read_metrics(folder: Path) -> dict | None:
+    """A trial's metrics.json, or None when it has none (not started, running, or killed)."""
+    path = folder / "metrics.json"
+    return read_json(path) if path.is_file() else None
+
+
+def _describe(error: BaseException, reason: str) -> dict[str, str]:
+    message = str(error).strip() or repr(error)
+    return {"type": type(error).__name__, "message": message[:2000], "reason": reason}
+
+
+def _is_oom(error: BaseException) -> bool:
+    """Whether an exception means the accelerator (or host) ran out of memory."""
+    if isinstance(error, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+
+
+def _precision(precision: str, device: str) -> dict[str, bool]:
+    """TrainingArguments' bf16/fp16 flags (TRL turns bf16 on unless told otherwise, so both are explicit)."""
+    if precision == "auto":
+        cuda = device.startswith("cuda") and torch.cuda.is_available()
+        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+
+
+def _load_tokenizer(spec: ModelSpec, path: str, same_repo: bool):
+    """The policy's tokenizer (the model's revision applies when it comes from the model's repository)."""
+    tokenizer = AutoTokenizer.from_pretrained(
+        path, revision=spec.revision if same_repo else None, trust_remote_code=spec.trust_remote_code
+    )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _load_model(spec: ModelSpec, path: str):
+    dtype = "auto" if spec.dtype == "auto" else DTYPES[spec.dtype]
+    return AutoModelForCausalLM.from_pretrained(
+        path, revision=spec.revision, dtype=dtype, trust_remote_code=spec.trust_remote_code
+    )
+
+
+def _lora_config(spec: LoraSpec):
+    try:
+        from peft import LoraConfig
+    except ImportError:
+        raise UserError("model.lora needs the peft package: pip install peft") from None
+    return LoraConfig(
+        r=spec.r,
+        lora_alpha=spec.alpha,
+        lora_dropout=spec.dropout,
+        target_modules=spec.target_modules,
+        task_type="CAUSAL_LM",
+    )
+
+
+def _restore_forward(model) -> None:
+    """Undo the `forward` patches TRL (fused LM head) and accelerate (autocast) put on a trained model."""
+    for module in {model, model.get_base_model() if hasattr(model, "get_base_model") else model}:
+        vars(module).pop("forward", None)
+        vars(module).pop("_original_forward", None)
+
+
+def _free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """Hide the progress bars of `datasets` (TRL's data preparation) and transformers (loading, saving)."""
+    datasets_bars, transformers_bars = (
+        datasets.is_progress_bar_enabled(),
+        transformers_logging.is_progress_bar_enabled(),
+    )
+    datasets.disable_progress_bars()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if datasets_bars:
+            datasets.enable_progress_bars()
+        if transformers_bars:
+            transformers_logging.enable_progress_bar()
