@@ -430,6 +430,7 @@ class Event:
     objective: float | None
     seconds: float
     reason: str | None = None
+    attempt: int = 1
 
 
 def worker_loop(
@@ -490,7 +491,10 @@ def worker_loop(
             reason,
             result.objective,
         )
-        on_event(Event(spec.trial_id, result.state, result.objective, time.perf_counter() - started, reason))
+        seconds = time.perf_counter() - started
+        on_event(
+            Event(spec.trial_id, result.state, result.objective, seconds, reason, attrs.get("attempt", 1))
+        )
         ran += 1
     return ran
 
@@ -546,12 +550,20 @@ def _configure_process(env: dict) -> None:
     import warnings
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore")
+    import logging
+
+    import datasets
     import torch
     import transformers
 
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    for name in ("trl", "accelerate", "datasets"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     if env.get("POSWEEP_THREADS"):
         torch.set_num_threads(int(env["POSWEEP_THREADS"]))
 
@@ -628,8 +640,7 @@ class Progress:
         self.console = Console(stderr=True, highlight=False)
         self.quiet = quiet or not self.console.is_terminal
         self.total, self.done = total, done
-        self.counts: dict[str, int] = {}
-        self.best: tuple[float, str] | None = None
+        self.seen: set[str] = set()
         self._bar = None
         if not self.quiet:
             from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
@@ -649,13 +660,15 @@ class Progress:
 
     def log(self, line: str) -> None:
         """Print a message above the bar."""
-        self.console.print(line, markup=False)
+        self.console.print(line, markup=False, soft_wrap=True)
 
     def __call__(self, event: Event) -> None:
-        self.done += 1
-        self.counts[event.state] = self.counts.get(event.state, 0) + 1
+        if event.trial_id not in self.seen:
+            self.seen.add(event.trial_id)
+            self.done += 1
         value = "-" if event.objective is None else f"{event.objective:.4f}"
         why = f" ({event.reason})" if event.reason and event.state != "complete" else ""
+        why += f" [attempt {event.attempt}]" if event.attempt > 1 else ""
         self.log(
             f"[{self.done}/{self.total}] {event.trial_id}  {event.state}{why}  objective={value}  "
             f"{event.seconds:.1f}s"
