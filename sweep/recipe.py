@@ -519,14 +519,14 @@ def _extra_problems(recipe: Recipe) -> list[tuple[str, str]]:
     return problems
 
 
-def _resolve_path(value: str, base: Path) -> str:
-    """A local path relative to the recipe's folder (or the current one); other values unchanged."""
+def _local_path(value: str, base: Path) -> Path | None:
+    """The existing local file or folder `value` names (relative to the recipe's folder first), if any."""
     if value.startswith("builtin:"):
-        return value
+        return None
     for candidate in (base / value, Path(value)):
         if candidate.expanduser().exists():
-            return str(candidate.expanduser().resolve())
-    return value
+            return candidate.expanduser().resolve()
+    return None
 
 
 def _path_problems(recipe: Recipe, base: Path) -> list[tuple[str, str]]:
@@ -544,11 +544,12 @@ def _path_problems(recipe: Recipe, base: Path) -> list[tuple[str, str]]:
         value = getattr(section, attribute)
         if value is None:
             continue
-        resolved = _resolve_path(value, base)
+        local = _local_path(value, base)
         looks_local = value.startswith((".", "/", "~")) or Path(value).suffix.lower() in DATA_SUFFIXES
-        if resolved == value and looks_local and not value.startswith("builtin:"):
+        if local is not None:
+            setattr(section, attribute, str(local))
+        elif looks_local:
             problems.append((where, f"no such file or directory: {value}"))
-        setattr(section, attribute, resolved)
     return problems
 
 

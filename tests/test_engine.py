@@ -1,0 +1,277 @@
+"""The sweep engine end to end: real TRL trials on a tiny local model, Optuna study, resume, failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from tiny import CHAT_TEMPLATE, save_dir, tiny_causal_lm, tiny_reward_model, tiny_tokenizer
+from typer.testing import CliRunner
+
+from sweep.cli import app
+from sweep.plan import plan_recipe
+from sweep.recipe import load_recipe
+
+pytestmark = pytest.mark.slow
+WORDS = [
+    "hello",
+    "world",
+    "good",
+    "bad",
+    "cat",
+    "dog",
+    "red",
+    "blue",
+    "tell",
+    "me",
+    "about",
+    "the",
+    "a",
+    "is",
+    "very",
+    "nice",
+]
+N_EVAL = 6
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> Path:
+    """A tiny policy and reward model, conversational training pairs and OOD prompts, in one folder."""
+    folder = tmp_path_factory.mktemp("inputs")
+    tokenizer = tiny_tokenizer(WORDS, chat_template=CHAT_TEMPLATE)
+    save_dir(folder / "model", tiny_causal_lm(tokenizer, seed=0), tokenizer)
+    save_dir(folder / "rm", tiny_reward_model(tokenizer, seed=1), tokenizer)
+    with (folder / "train.jsonl").open("w") as handle:
+        for index in range(16):
+            animal = ("cat", "dog")[index % 2]
+            handle.write(
+                json.dumps(
+                    {
+                        "prompt": [{"role": "user", "content": f"tell me about the {animal}"}],
+                        "chosen": [{"role": "assistant", "content": f"good nice {animal}"}],
+                        "rejected": [{"role": "assistant", "content": f"bad {WORDS[index]}"}],
+                    }
+                )
+                + "\n"
+            )
+    with (folder / "eval.jsonl").open("w") as handle:
+        for index in range(N_EVAL):
+            colour = ("red", "blue")[index % 2]
+            handle.write(
+                json.dumps({"q": [{"role": "user", "content": f"tell me about a {colour} dog"}], "a": "good"})
+                + "\n"
+            )
+    return folder
+
+
+def write_recipe(folder: Path, name: str, methods: dict, **sections) -> Path:
+    """A recipe over the tiny inputs; `sections` override or add top-level sections."""
+    recipe = {
+        "name": name,
+        "model": str(folder / "model"),
+        "data": {
+            "train": {"path": str(folder / "train.jsonl")},
+            "eval": {"path": str(folder / "eval.jsonl"), "columns": {"prompt": "q", "reference": "a"}},
+        },
+        "judge": {"reward_model": str(folder / "rm")},
+        "methods": methods,
+        "train": {"max_steps": 3, "per_device_train_batch_size": 4, "max_length": 48},
+        "eval": {"max_new_tokens": 6, "batch_size": 8, "bootstrap": 200},
+        **sections,
+    }
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def run(*args: str):
+    """Invoke the real CLI in-process; return the click Result."""
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def trial_files(sweep: Path) -> dict[str, dict]:
+    """trial id -> metrics.json of every trial folder (None when it has none)."""
+    out = {}
+    for folder in sorted((sweep / "trials").iterdir()):
+        metrics = folder / "metrics.json"
+        out[folder.name] = json.loads(metrics.read_text()) if metrics.exists() else None
+    return out
+
+
+GRID = {
+    "dpo": {"beta": [0.1], "learning_rate": [1e-3]},
+    "ln-dpo": {"beta": [1.0], "learning_rate": [1e-3]},
+    "simpo": {"beta": [2.0], "gamma_beta_ratio": [0.5], "learning_rate": [1e-3]},
+    "ipo": {"beta": [0.5], "learning_rate": [1e-3]},
+    "kto": {"beta": [0.1], "learning_rate": [1e-3]},
+    "tr-dpo": {"beta": [0.1], "alpha": [0.5], "learning_rate": [1e-3]},
+}
+
+
+def test_grid_sweep_writes_the_layout_and_a_rerun_trains_nothing(inputs, tmp_path):
+    recipe = write_recipe(inputs, "grid", GRID)
+    result = run("run", recipe, "--results", tmp_path, "--quiet")
+    assert result.exit_code == 0, result.output
+    sweep = tmp_path / "grid"
+    planned = [t.trial_id for t in plan_recipe(load_recipe(recipe)).trials]
+    meta = json.loads((sweep / "sweep.json").read_text())
+    assert meta["planned_trials"] == planned and len(planned) == 6
+    assert {"name", "created", "updated", "storage", "plan_hash", "versions", "git_revision"} <= set(meta)
+    assert meta["versions"]["trl"] and meta["storage"] == "journal:study.journal"
+    assert yaml.safe_load((sweep / "recipe.yaml").read_text())["name"] == "grid"
+    metrics = trial_files(sweep)
+    assert sorted(metrics) == sorted(planned)
+    for trial_id, record in metrics.items():
+        folder = sweep / "trials" / trial_id
+        params = json.loads((folder / "params.json").read_text())
+        assert params["method"] == trial_id.split("-b")[0] and params["seed"] == 0 and params["trl_fields"]
+        assert record["state"] == "complete" and isinstance(record["objective"], float)
+        assert {"load", "train", "generate", "judge", "kl", "total"} <= set(record["time_s"])
+        assert record["win_rate_vs_sft"] == record["objective"]
+        assert [json.loads(line)["step"] for line in (folder / "train_log.jsonl").read_text().splitlines()]
+        assert len((folder / "samples.jsonl").read_text().splitlines()) == N_EVAL
+        assert not (folder / "model").exists()
+    stamps = {p: p.stat().st_mtime_ns for p in (sweep / "trials").glob("*/metrics.json")}
+    again = run("run", recipe, "--results", tmp_path, "--quiet")
+    assert again.exit_code == 0
+    assert "6 done, 0 to run" in again.output
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    status = run("status", sweep)
+    assert status.exit_code == 0 and "6 complete of 6 planned" in status.output
+
+
+def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(inputs, tmp_path):
+    """TRL rejects a moving reference with precomputed reference log-probs: tr-dpo fails, dpo completes."""
+    methods = {"dpo": GRID["dpo"], "tr-dpo": GRID["tr-dpo"]}
+    recipe = write_recipe(
+        inputs,
+        "fails",
+        methods,
+        train={
+            "max_steps": 2,
+            "per_device_train_batch_size": 4,
+            "max_length": 48,
+            "extra": {"precompute_ref_log_probs": True},
+        },
+    )
+    result = run("run", recipe, "--results", tmp_path, "--quiet")
+    assert result.exit_code == 0, result.output
+    metrics = trial_files(tmp_path / "fails")
+    failed = metrics["tr-dpo-b0.1-lr0.001-a0.5-s0"]
+    assert metrics["dpo-b0.1-lr0.001-s0"]["state"] == "complete"
+    assert failed["state"] == "failed" and failed["objective"] is None
+    assert failed["error"]["type"] == "ValueError" and failed["error"]["reason"] == "exception"
+    assert "precompute_ref_log_probs" in failed["error"]["message"]
+    assert failed["attempt"] == 2, "max_retries=1: one retry"
+    status = run("status", tmp_path / "fails")
+    assert "exception: ValueError" in status.output
+    again = run("run", recipe, "--results", tmp_path, "--quiet")
+    assert "1 done, 0 to run, 1 failed too often" in again.output
+
+
+def test_two_seeds_are_two_trials_and_a_seed_reproduces_its_metrics(inputs, tmp_path):
+    recipe = write_recipe(inputs, "seeds", {"dpo": GRID["dpo"]}, search={"seeds": [0, 1]})
+    for results in (tmp_path / "a", tmp_path / "b"):
+        assert run("run", recipe, "--results", results, "--quiet").exit_code == 0
+    first, second = trial_files(tmp_path / "a" / "seeds"), trial_files(tmp_path / "b" / "seeds")
+    assert sorted(first) == ["dpo-b0.1-lr0.001-s0", "dpo-b0.1-lr0.001-s1"]
+    for trial_id in first:
+        for key in ("objective", "kl_to_sft", "judge_score_mean", "length_mean"):
+            assert first[trial_id][key] == second[trial_id][key], (trial_id, key)
+        assert first[trial_id]["train"]["loss"] == second[trial_id]["train"]["loss"]
+
+
+@pytest.mark.parametrize("strategy", ["random", "tpe"])
+def test_random_and_tpe_sweeps_run_n_trials_per_method(inputs, tmp_path, strategy):
+    methods = {
+        "dpo": {"beta": {"low": 0.05, "high": 0.5, "log": True}, "learning_rate": [1e-3]},
+        "simpo": {"beta": {"low": 1.0, "high": 4.0}, "learning_rate": [1e-3]},
+    }
+    recipe = write_recipe(
+        inputs,
+        strategy,
+        methods,
+        search={"strategy": strategy, "n_trials": 2},
+        train={"max_steps": 1, "per_device_train_batch_size": 4, "max_length": 48},
+    )
+    assert run("run", recipe, "--results", tmp_path, "--quiet").exit_code == 0
+    metrics = trial_files(tmp_path / strategy)
+    assert len(metrics) == 4 and all(m["state"] == "complete" for m in metrics.values())
+    assert sorted(m.split("-")[0] for m in metrics) == ["dpo", "dpo", "simpo", "simpo"]
+    meta = json.loads((tmp_path / strategy / "sweep.json").read_text())
+    assert sorted(meta["planned_trials"]) == sorted(metrics)
+    betas = [
+        json.loads((tmp_path / strategy / "trials" / t / "params.json").read_text())["params"]["beta"]
+        for t in metrics
+        if t.startswith("dpo")
+    ]
+    assert all(0.05 <= b <= 0.5 for b in betas) and betas[0] != betas[1]
+    assert "4 done, 0 to run" in run("run", recipe, "--results", tmp_path, "--quiet").output
+
+
+def test_a_changed_plan_is_refused_unless_new(inputs, tmp_path):
+    recipe = write_recipe(inputs, "changed", {"dpo": GRID["dpo"]}, train={"max_steps": 1, "max_length": 48})
+    assert run("run", recipe, "--results", tmp_path, "--quiet").exit_code == 0
+    changed = write_recipe(
+        inputs,
+        "changed",
+        {"dpo": {"beta": [0.2], "learning_rate": [1e-3]}},
+        train={"max_steps": 1, "max_length": 48},
+    )
+    refused = CliRunner().invoke(app, ["run", str(changed), "--results", str(tmp_path), "-q"])
+    assert refused.exit_code == 2
+    assert "different plan (changed: methods)" in refused.output and "--new" in refused.output
+    assert run("run", changed, "--results", tmp_path, "--quiet", "--new").exit_code == 0
+    assert list(trial_files(tmp_path / "changed-2")) == ["dpo-b0.2-lr0.001-s0"]
+
+
+def _wait_for_running_trial(sweep: Path, process: subprocess.Popen, timeout: float = 120) -> None:
+    """Block until a trial folder has params.json but no metrics.json (a trial is mid-flight)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        running = [p for p in sweep.glob("trials/*/params.json") if not (p.parent / "metrics.json").exists()]
+        if running and (sweep / "cache" / "sft_baseline.json").exists():
+            return
+        assert process.poll() is None, "posweep run ended before a trial started"
+        time.sleep(0.05)
+    raise AssertionError("no trial started in time")
+
+
+def _start(recipe: Path, results: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "sweep", "run", str(recipe), "--results", str(results), "-q"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+
+
+@pytest.mark.parametrize("how", ["kill", "ctrl-c"])
+def test_killed_or_interrupted_sweep_completes_on_rerun_exactly_once(inputs, tmp_path, how):
+    methods = {"dpo": {"beta": [0.1, 0.2], "learning_rate": [1e-3]}, "ipo": GRID["ipo"]}
+    recipe = write_recipe(inputs, "killed", methods, train={"max_steps": 6, "max_length": 48})
+    sweep = tmp_path / "killed"
+    process = _start(recipe, tmp_path)
+    _wait_for_running_trial(sweep, process)
+    process.send_signal(signal.SIGKILL if how == "kill" else signal.SIGINT)
+    code = process.wait(timeout=120)
+    before = trial_files(sweep)
+    if how == "ctrl-c":
+        assert code == 130, process.stdout.read().decode()
+        assert "interrupted" in {m["state"] for m in before.values() if m}
+    done_before = {t: m for t, m in before.items() if m and m["state"] == "complete"}
+    result = run("run", recipe, "--results", tmp_path, "--quiet")
+    assert result.exit_code == 0, result.output
+    after = trial_files(sweep)
+    assert sorted(after) == sorted(t.trial_id for t in plan_recipe(load_recipe(recipe)).trials)
+    assert all(m["state"] == "complete" for m in after.values())
+    assert all(after[t] == m for t, m in done_before.items()), "a complete trial was retrained"
+    assert max(m["attempt"] for m in after.values()) == 2
