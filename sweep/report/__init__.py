@@ -1,0 +1,88 @@
+"""`posweep report`: robustness tables, figures and a self-contained HTML page from sweep folders.
+
+Output folder (``RESULTS_DIR/report/`` or ``--out``):
+
+- ``trials.csv``: one row per trial (hyperparameters as ``param.<name>``, metrics, ``time_s.*``);
+- ``robustness.csv``: one row per method (and sweep / data variant when there are several);
+- ``figures/<name>.png`` and ``.svg``: one per question, skipped when the sweep has no data for it;
+- ``index.html``: everything above in one file that opens from disk without a network.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from sweep.io import write_text
+from sweep.report.figures import PlotData, draw_figures
+from sweep.report.html import render_html
+from sweep.report.load import load_sweeps, load_trials, read_trials, sft_length, sweep_progress
+from sweep.report.stats import (
+    BUDGETS,
+    Objective,
+    expected_best_of_k,
+    group_columns,
+    group_labels,
+    resolve_objective,
+    robustness_table,
+    scored_values,
+)
+
+__all__ = [
+    "Objective",
+    "build_report",
+    "expected_best_of_k",
+    "load_sweeps",
+    "load_trials",
+    "read_trials",
+    "sweep_progress",
+]
+
+
+def _print_table(robustness: pd.DataFrame, objective: Objective, console) -> None:
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    table = Table(
+        title=f"{objective.metric} ({objective.direction}) per method",
+        caption="done: finished/all trials; failed: failed or diverged; E@k: expected best of k random tries",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    labels = [c for c in ("sweep", "method", "variant") if c in robustness.columns]
+    numbers = {"best": "best", "median": "median", "mean": "mean", "iqr": "IQR"}
+    numbers.update({f"expected_best_k{k}": f"E@{k}" for k in BUDGETS if k > 1})
+    for column in labels:
+        table.add_column(column, no_wrap=True)
+    for header in ("done", "failed", *numbers.values()):
+        table.add_column(header, justify="right", no_wrap=True)
+    for row in robustness.to_dict("records"):
+        done = f"{row['n_trials'] - row['n_running']}/{row['n_trials']}"
+        failed = str(row["n_failed"] + row["n_diverged"])
+        stats = ["–" if pd.isna(row[c]) else f"{row[c]:.3g}" for c in numbers]
+        table.add_row(*(str(row[c]) for c in labels), done, failed, *stats)
+    console.print(table)
+
+
+def build_report(
+    sweep_dirs: list[Path], out: Path | None = None, metric: str | None = None, console=None
+) -> Path:
+    """Write trials.csv, robustness.csv, figures and index.html for the sweeps; return the report folder."""
+    sweeps = load_sweeps(sweep_dirs)
+    trials, objective = resolve_objective(sweeps, read_trials(sweeps), metric)
+    columns = group_columns(trials)
+    robustness = robustness_table(trials, objective, columns)
+    report_dir = Path(out) if out is not None else sweeps[0].path / "report"
+    write_text(report_dir / "trials.csv", trials.to_csv(index=False))
+    write_text(report_dir / "robustness.csv", robustness.to_csv(index=False))
+    references = {s.name: length for s in sweeps if (length := sft_length(s)) is not None}
+    data = PlotData(
+        trials, objective, group_labels(trials, columns), scored_values(trials, objective), references
+    )
+    figures = draw_figures(data, report_dir / "figures")
+    write_text(report_dir / "index.html", render_html(sweeps, trials, objective, robustness, figures))
+    _print_table(robustness, objective, console)
+    return report_dir

@@ -1,0 +1,137 @@
+"""The report page: one self-contained HTML file (inline CSS, figures as data URIs, no network)."""
+
+from __future__ import annotations
+
+import base64
+from html import escape
+
+import pandas as pd
+
+from sweep.io import utc_now
+from sweep.report.figures import FigureFile
+from sweep.report.load import Progress, SweepInfo, sweep_progress
+from sweep.report.stats import NEAR_BEST, Objective
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1200px;
+       padding: 0 1rem; color: #1d1d1f; line-height: 1.45; }
+h1 { font-size: 1.6rem; } h2 { margin-top: 2.2rem; border-bottom: 1px solid #ddd; padding-bottom: .2rem; }
+table { border-collapse: collapse; font-size: .82rem; margin: .6rem 0; }
+th, td { border: 1px solid #ddd; padding: .25rem .45rem; text-align: right; }
+th { background: #f3f4f6; } td:first-child, th:first-child { text-align: left; }
+.scroll { overflow-x: auto; }
+.running { background: #fff4d6; border-left: 5px solid #e0a100; padding: .6rem 1rem; }
+.note { background: #eef4ff; border-left: 5px solid #4a78d0; padding: .6rem 1rem; }
+figure { margin: 1.6rem 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { font-size: .9rem; color: #333; max-width: 900px; }
+pre { background: #f6f8fa; padding: .8rem; overflow-x: auto; font-size: .8rem; }
+"""
+
+
+def _progress_section(progress: list[Progress]) -> str:
+    rows = "".join(
+        f"<tr><td>{escape(p.sweep)}</td><td>{p.text}</td><td>{p.running}</td>"
+        f"<td>{'still running (or stopped early)' if p.still_running else 'finished'}</td></tr>"
+        for p in progress
+    )
+    table = (
+        f"<table><tr><th>sweep</th><th>done/planned</th><th>running</th><th>status</th></tr>{rows}</table>"
+    )
+    unfinished = [p for p in progress if p.still_running]
+    if not unfinished:
+        return table
+    names = ", ".join(f"{escape(p.sweep)} ({p.text} trials done, {p.running} running)" for p in unfinished)
+    warning = (
+        f'<p class="running"><strong>Sweep still running:</strong> {names}. This report is partial: '
+        "running trials are counted but not in the distributions; run <code>posweep report</code> again "
+        "when the sweep has finished.</p>"
+    )
+    return warning + table
+
+
+def _failure_note(objective: Objective) -> str:
+    if "win_rate" in objective.metric:
+        worst = f"{objective.worst:g} (a win rate of {objective.worst:g})"
+    else:
+        extreme = "lowest" if objective.maximize else "highest"
+        worst = f"{objective.worst:.4g} (the {extreme} value any trial of the report reached)"
+    return (
+        '<p class="note"><strong>Failed and diverged trials count.</strong> A trial that crashed (exception, '
+        "out of memory) or diverged (NaN loss) enters every distribution, statistic and figure as the worst "
+        f"value, {escape(worst)}: it is what a practitioner risks by picking that setting. Pruned trials "
+        "keep the last objective they reported (the worst value if they reported none); running and "
+        "interrupted trials are counted but left out of the distributions. The “within "
+        f"{NEAR_BEST}” columns give the fraction of scored trials within {NEAR_BEST} (absolute) of the "
+        "method's own best and of the best in the whole report; “expected best kK” is the expected best of "
+        "K trials drawn at random without "
+        "replacement (empty when the method has fewer than K).</p>"
+    )
+
+
+def _figure_html(figure: FigureFile) -> str:
+    data = base64.b64encode(figure.png).decode("ascii")
+    name = escape(figure.name)
+    return (
+        f'<figure id="{name}"><img src="data:image/png;base64,{data}" alt="{name}">'
+        f"<figcaption><strong>{name}</strong>: {escape(figure.caption)} "
+        f'(<a href="figures/{name}.svg">SVG</a>)</figcaption></figure>'
+    )
+
+
+def _row(name: str, cells: list) -> str:
+    return f"<tr><td>{escape(name)}</td>" + "".join(f"<td>{escape(str(c))}</td>" for c in cells) + "</tr>"
+
+
+def _details_table(sweeps: list[SweepInfo]) -> str:
+    keys = ("created", "updated", "strategy", "plan_hash", "git_revision", "storage")
+    rows = [_row(key, [s.meta.get(key, "") for s in sweeps]) for key in keys]
+    versions = [s.meta.get("versions") or {} for s in sweeps]
+    rows += [
+        _row(name, [v.get(name, "") for v in versions]) for name in sorted({n for v in versions for n in v})
+    ]
+    header = "".join(f"<th>{escape(s.name)}</th>" for s in sweeps)
+    return f"<table><tr><th></th>{header}</tr>{''.join(rows)}</table>"
+
+
+def _recipes(sweeps: list[SweepInfo]) -> str:
+    missing = "(no recipe.yaml in this sweep folder)"
+    return "".join(
+        f"<details open><summary>recipe.yaml of {escape(s.name)}</summary>"
+        f"<pre>{escape(s.recipe if s.recipe is not None else missing)}</pre></details>"
+        for s in sweeps
+    )
+
+
+def render_html(
+    sweeps: list[SweepInfo],
+    trials: pd.DataFrame,
+    objective: Objective,
+    robustness: pd.DataFrame,
+    figures: list[FigureFile],
+) -> str:
+    """The whole report page as one string."""
+    names = ", ".join(s.name for s in sweeps)
+    table = robustness.rename(columns=lambda c: c.replace("_", " ")).to_html(
+        index=False, na_rep="–", float_format=lambda v: f"{v:.4g}", border=0
+    )
+    figure_html = "".join(_figure_html(f) for f in figures) or "<p>No figure: no trial has finished yet.</p>"
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>posweep report: {escape(names)}</title>
+<style>{CSS}</style></head><body>
+<h1>posweep report: {escape(names)}</h1>
+<p>Objective: <code>{escape(objective.metric)}</code> ({objective.direction}). {len(trials)} trials.
+Generated {utc_now()}. Tables: <a href="robustness.csv">robustness.csv</a>,
+<a href="trials.csv">trials.csv</a>.</p>
+<h2>Progress</h2>
+{_progress_section([sweep_progress(s, trials) for s in sweeps])}
+<h2>Robustness per method</h2>
+{_failure_note(objective)}
+<div class="scroll">{table}</div>
+<h2>Figures</h2>
+{figure_html}
+<h2>Recipe</h2>
+{_recipes(sweeps)}
+<h2>Sweep details</h2>
+<div class="scroll">{_details_table(sweeps)}</div>
+</body></html>
+"""

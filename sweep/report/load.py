@@ -1,0 +1,223 @@
+"""Read sweep folders (finished or still running) into one table with a row per trial."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from sweep.errors import UserError
+
+RUNNING = "running"
+STATES = ("complete", "failed", "diverged", "pruned", "interrupted", RUNNING)
+IDENTITY_COLUMNS = ("sweep", "trial_id", "method", "variant", "seed", "state", "objective")
+RECORD_COLUMNS = ("started", "finished", "attempt", "error_type", "error_reason", "error_message")
+_NOT_METRICS = frozenset({*IDENTITY_COLUMNS, *RECORD_COLUMNS, "error", "time_s"})
+
+
+@dataclass(frozen=True)
+class SweepInfo:
+    """One sweep folder: its sweep.json, its recipe text and the name it is shown under."""
+
+    path: Path
+    name: str
+    meta: dict
+    recipe: str | None
+
+    @property
+    def planned(self) -> int:
+        """Number of trials the sweep planned so far (sweep.json `planned_trials`)."""
+        return len(self.meta.get("planned_trials") or [])
+
+    @property
+    def sft_baseline(self) -> Path:
+        """Path of the SFT model's cached metrics and response lengths."""
+        return self.path / "cache" / "sft_baseline.json"
+
+
+def _read_json(path: str | Path) -> dict:
+    try:
+        with open(path, "rb") as handle:
+            return json.loads(handle.read())
+    except json.JSONDecodeError as error:
+        raise UserError(f"{path} is not valid JSON: {error}") from error
+
+
+def load_sweeps(sweep_dirs: list[Path]) -> list[SweepInfo]:
+    """Read each folder's sweep.json and recipe.yaml; one sweep per distinct folder, names made unique."""
+    dirs = list(dict.fromkeys(Path(d).resolve() for d in sweep_dirs))
+    if not dirs:
+        raise UserError("no results folder given")
+    metas = []
+    for path in dirs:
+        if not (path / "sweep.json").is_file():
+            raise UserError(f"{path} is not a sweep folder: it has no sweep.json")
+        metas.append(_read_json(path / "sweep.json"))
+    names = [meta.get("name") or path.name for path, meta in zip(dirs, metas)]
+    if len(set(names)) < len(names):
+        names = (
+            [path.name for path in dirs]
+            if len({p.name for p in dirs}) == len(dirs)
+            else [str(p) for p in dirs]
+        )
+    recipes = [
+        (p / "recipe.yaml").read_text(encoding="utf-8") if (p / "recipe.yaml").is_file() else None
+        for p in dirs
+    ]
+    return [SweepInfo(p, n, m, r) for p, n, m, r in zip(dirs, names, metas, recipes)]
+
+
+def _flatten(prefix: str, mapping: dict, out: dict, skip: frozenset = frozenset()) -> None:
+    """Flat columns: nested dicts become dotted keys, [lo, hi] pairs `_lo`/`_hi` columns, other lists JSON."""
+    for key, value in mapping.items():
+        if key in skip:
+            continue
+        name = prefix + key
+        if isinstance(value, dict):
+            _flatten(name + ".", value, out)
+        elif isinstance(value, list):
+            if len(value) == 2 and all(isinstance(v, (int, float)) or v is None for v in value):
+                out[name + "_lo"], out[name + "_hi"] = value
+            else:
+                out[name] = json.dumps(value)
+        else:
+            out[name] = value
+
+
+def _trial_record(sweep: str, trial_dir: str, params: dict, metrics: dict | None) -> dict:
+    variant = params.get("variant")
+    record = {
+        "sweep": sweep,
+        "trial_id": params.get("trial_id") or os.path.basename(trial_dir),
+        "method": params.get("method"),
+        "variant": variant if variant is None or isinstance(variant, str) else json.dumps(variant),
+        "seed": params.get("seed"),
+        "state": RUNNING if metrics is None else metrics.get("state"),
+        "objective": None if metrics is None else metrics.get("objective"),
+    }
+    _flatten("param.", params.get("params") or {}, record)
+    if metrics is None:
+        return record
+    _flatten("", metrics, record, _NOT_METRICS)
+    _flatten("time_s.", metrics.get("time_s") or {}, record)
+    error = metrics.get("error") or {}
+    record.update(
+        started=metrics.get("started"),
+        finished=metrics.get("finished"),
+        attempt=metrics.get("attempt"),
+        error_type=error.get("type"),
+        error_reason=error.get("reason"),
+        error_message=error.get("message"),
+    )
+    return record
+
+
+def _sweep_records(sweep: SweepInfo) -> list[dict]:
+    trials_dir = sweep.path / "trials"
+    try:
+        trial_dirs = sorted(entry.path for entry in os.scandir(trials_dir) if entry.is_dir())
+    except FileNotFoundError:
+        trial_dirs = []
+    records = []
+    for trial_dir in trial_dirs:
+        try:
+            params = _read_json(os.path.join(trial_dir, "params.json"))
+        except FileNotFoundError:
+            continue  # the engine is creating this trial folder right now
+        try:
+            metrics = _read_json(os.path.join(trial_dir, "metrics.json"))
+        except FileNotFoundError:
+            metrics = None
+        records.append(_trial_record(sweep.name, trial_dir, params, metrics))
+    if not records:
+        raise UserError(f"{sweep.path} has no trials yet (no trials/*/params.json)")
+    return records
+
+
+def _as_integers(column: pd.Series) -> pd.Series:
+    """Whole numbers with gaps as a nullable integer column (1, not 1.0, in trials.csv); else unchanged."""
+    numbers = pd.to_numeric(column, errors="coerce")
+    whole = numbers.isna().equals(column.isna()) and (numbers.dropna() % 1 == 0).all()
+    return numbers.astype("Int64") if whole else column
+
+
+def read_trials(sweeps: list[SweepInfo]) -> pd.DataFrame:
+    """One row per trial of every sweep, in the column order of trials.csv."""
+    records = [record for sweep in sweeps for record in _sweep_records(sweep)]
+    trials = pd.DataFrame.from_records(records)
+    params = sorted(c for c in trials.columns if c.startswith("param."))
+    timings = sorted(c for c in trials.columns if c.startswith("time_s."))
+    fixed = {*IDENTITY_COLUMNS, *RECORD_COLUMNS, *params, *timings}
+    metrics = [c for c in trials.columns if c not in fixed]
+    records_present = [c for c in RECORD_COLUMNS if c in trials.columns]
+    trials = trials[[*IDENTITY_COLUMNS, *params, *metrics, *timings, *records_present]]
+    trials["objective"] = pd.to_numeric(trials["objective"], errors="coerce").astype(float)
+    for column in ("seed", "attempt"):
+        if column in trials.columns:
+            trials[column] = _as_integers(trials[column])
+    return trials.sort_values(["sweep", "method", "trial_id"], kind="stable").reset_index(drop=True)
+
+
+def load_trials(sweep_dirs: list[Path]) -> pd.DataFrame:
+    """Every trial of the given sweep folders as a DataFrame (running trials have state "running")."""
+    return read_trials(load_sweeps(sweep_dirs))
+
+
+def param_columns(trials: pd.DataFrame) -> list[str]:
+    """The hyperparameter columns (`param.<name>`)."""
+    return [c for c in trials.columns if c.startswith("param.")]
+
+
+def metric_columns(trials: pd.DataFrame) -> list[str]:
+    """The numeric evaluation-metric columns, i.e. the keys `--metric` may pick."""
+    fixed = {*IDENTITY_COLUMNS, *RECORD_COLUMNS}
+    return [
+        c
+        for c in trials.columns
+        if c not in fixed
+        and not c.startswith(("param.", "time_s."))
+        and pd.api.types.is_numeric_dtype(trials[c])
+        and not pd.api.types.is_bool_dtype(trials[c])
+    ]
+
+
+def sft_length(sweep: SweepInfo) -> float | None:
+    """The SFT model's mean response length in tokens, from cache/sft_baseline.json; None if not there."""
+    if not sweep.sft_baseline.is_file():
+        return None
+    baseline = _read_json(sweep.sft_baseline)
+    length = (baseline.get("metrics") or {}).get("length_mean")
+    if length is None and baseline.get("lengths"):
+        length = sum(baseline["lengths"]) / len(baseline["lengths"])
+    return length
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far one sweep has got: finished trials (any final state), running ones, and the plan."""
+
+    sweep: str
+    finished: int
+    running: int
+    planned: int
+
+    @property
+    def still_running(self) -> bool:
+        """True while trials run or planned trials have not finished."""
+        return self.running > 0 or self.finished < self.planned
+
+    @property
+    def text(self) -> str:
+        """Progress as "done/planned", e.g. "2/4"."""
+        return f"{self.finished}/{self.planned}"
+
+
+def sweep_progress(sweep: SweepInfo, trials: pd.DataFrame) -> Progress:
+    """Progress of one sweep from its trial states and sweep.json's planned_trials."""
+    states = trials.loc[trials["sweep"] == sweep.name, "state"]
+    running = int((states == RUNNING).sum())
+    finished = len(states) - running
+    return Progress(sweep.name, finished, running, max(sweep.planned, len(states)))
