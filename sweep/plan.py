@@ -58,6 +58,7 @@ class Plan:
     strategy: str
     seeds: tuple[int, ...]
     spaces: Mapping[str, Mapping[str, ParamSpace]]
+    variants: tuple[str | None, ...] = (None,)
     trials: tuple[TrialSpec, ...] = ()
     n_trials: int | None = None
     section_hashes: Mapping[str, str] = field(default_factory=dict)
@@ -67,7 +68,7 @@ class Plan:
         """How many trials the sweep will run."""
         if self.strategy == "grid":
             return len(self.trials)
-        return (self.n_trials or 0) * len(self.spaces) * len(self.seeds)
+        return (self.n_trials or 0) * len(self.spaces) * len(self.seeds) * len(self.variants)
 
     @property
     def hash(self) -> str:
@@ -122,23 +123,31 @@ def plan_recipe(recipe: Recipe) -> Plan:
     dumped = recipe.model_dump(mode="json")
     section_hashes = {section: _digest(dumped[section])[:16] for section in PLAN_SECTIONS}
     seeds = tuple(recipe.search.seeds)
+    variants = tuple(recipe.data.variants)
     if recipe.search.strategy != "grid":
         return Plan(
             recipe.search.strategy,
             seeds,
             spaces,
+            variants,
             n_trials=recipe.search.n_trials,
             section_hashes=section_hashes,
         )
     trials = []
-    for method, space in spaces.items():
-        grid = {name: values for name, values in space.items() if not isinstance(values, Distribution)}
-        for point in _grid_points(method, grid):
-            trials += [TrialSpec(trial_id(method, point, seed), method, point, seed) for seed in seeds]
+    for variant in variants:
+        for method, space in spaces.items():
+            grid = {name: values for name, values in space.items() if not isinstance(values, Distribution)}
+            for point in _grid_points(method, grid):
+                trials += [
+                    TrialSpec(trial_id(method, point, seed, variant), method, point, seed, variant)
+                    for seed in seeds
+                ]
     ids = [t.trial_id for t in trials]
     if len(set(ids)) != len(ids):
         trials = [
-            TrialSpec(sampled_trial_id(t.method, t.params, t.seed), t.method, t.params, t.seed)
+            TrialSpec(
+                sampled_trial_id(t.method, t.params, t.seed, t.variant), t.method, t.params, t.seed, t.variant
+            )
             for t in trials
         ]
-    return Plan("grid", seeds, spaces, trials=tuple(trials), section_hashes=section_hashes)
+    return Plan("grid", seeds, spaces, variants, trials=tuple(trials), section_hashes=section_hashes)

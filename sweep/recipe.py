@@ -15,7 +15,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from sweep.errors import UserError
 from sweep.methods import HYPERPARAMETERS, REGISTRY, did_you_mean
@@ -50,6 +59,7 @@ class Strict(BaseModel):
 
 
 PositiveInt = Annotated[int, Field(gt=0)]
+SafeName = Annotated[str, Field(pattern=SAFE_NAME.pattern)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0, lt=1)]
 
@@ -121,10 +131,20 @@ class EvalData(Source):
 
 
 class DataSpec(Strict):
-    """Training pairs and evaluation prompts."""
+    """Training pairs (one source, or named variants: a sweep dimension) and evaluation prompts."""
 
-    train: TrainData
+    train: Annotated[
+        Annotated[TrainData, Tag("single")] | Annotated[dict[SafeName, TrainData], Tag("variants")],
+        Discriminator(
+            lambda value: "variants" if isinstance(value, dict) and "path" not in value else "single"
+        ),
+    ]
     eval: EvalData
+
+    @property
+    def variants(self) -> dict[str | None, TrainData]:
+        """Training data by variant name (a single source is the variant None)."""
+        return dict(self.train) if isinstance(self.train, dict) else {None: self.train}
 
 
 class JudgeSpec(Strict):
@@ -334,16 +354,33 @@ def _unwrap_optional(annotation: Any) -> Any:
     return annotation
 
 
+def _strip_annotated(annotation: Any) -> Any:
+    """`Annotated[X, ...]` -> X."""
+    while typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    return annotation
+
+
 def _is_union(annotation: Any) -> bool:
     """Whether `annotation` joins several types (pydantic then names the member tried in error locations)."""
+    annotation = _strip_annotated(annotation)
     if typing.get_origin(annotation) not in (typing.Union, types.UnionType):
         return False
     return len([a for a in typing.get_args(annotation) if a is not type(None)]) > 1
 
 
+def _union_member(annotation: Any, part: Any) -> Any:
+    """The union member that pydantic's location part names (a Tag, or the member's class name)."""
+    for member in typing.get_args(_strip_annotated(annotation)):
+        tags = [m.tag for m in getattr(member, "__metadata__", ()) if isinstance(m, Tag)]
+        if part in tags or getattr(_strip_annotated(member), "__name__", None) == part:
+            return _strip_annotated(member)
+    return None
+
+
 def _inside(annotation: Any, part: Any) -> Any:
     """The annotation that one location part selects inside `annotation` (None when unknown)."""
-    annotation = _unwrap_optional(annotation)
+    annotation = _unwrap_optional(_strip_annotated(annotation))
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         field = annotation.model_fields.get(part) if isinstance(part, str) else None
         return field.annotation if field else None
@@ -352,35 +389,31 @@ def _inside(annotation: Any, part: Any) -> Any:
     return None
 
 
-def _user_loc(root: type[BaseModel], loc: tuple[Any, ...]) -> tuple[Any, ...]:
-    """A pydantic location without the validator and union-member names it adds to the user's keys."""
-    kept, current = [], root
+def _user_loc(root: type[BaseModel], loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], type[BaseModel] | None]:
+    """A pydantic location without the validator and union-member names it adds to the user's keys,
+    and the section class holding its last key (for 'did you mean' on unknown keys)."""
+    kept, current, parent = [], root, None
     for part in loc:
         if _is_union(current):
-            current = None
-        elif part not in ("function-after", "function-before"):
+            current = _union_member(current, part)
+        elif part not in ("function-after", "function-before", "[key]"):
             kept.append(part)
-            current = _inside(current, part)
-    return tuple(kept)
-
-
-def _model_at(root: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The section class that a location points into, for 'did you mean' on unknown keys."""
-    current: Any = root
-    for part in loc:
-        current = _inside(current, part)
-    current = _unwrap_optional(current)
-    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+            parent, current = current, _inside(current, part)
+    parent = _unwrap_optional(_strip_annotated(parent))
+    return tuple(kept), parent if isinstance(parent, type) and issubclass(parent, BaseModel) else None
 
 
 def _pydantic_problems(error: ValidationError, root: type[BaseModel] = Recipe) -> list[tuple[str, str]]:
     """Turn pydantic errors into (path, message) pairs with friendlier wording, one per path."""
     problems: dict[str, list[str]] = {}
     for item in error.errors(include_url=False):
-        loc = _user_loc(root, item["loc"])
+        loc, parent = _user_loc(root, item["loc"])
         kind, message = item["type"], item["msg"]
+        if kind == "string_pattern_mismatch" and item["ctx"]["pattern"] == SAFE_NAME.pattern:
+            message = "must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        if "[key]" in item["loc"]:
+            message = f"name {loc[-1]!r} {message}"
         if kind == "extra_forbidden":
-            parent = _model_at(root, loc[:-1])
             known = list(parent.model_fields) if parent else []
             message = f"unknown key{did_you_mean(loc[-1], known)}"
             if known:
@@ -535,8 +568,11 @@ def _path_problems(recipe: Recipe, base: Path) -> list[tuple[str, str]]:
     targets = [
         ("model.path", recipe.model, "path"),
         ("model.tokenizer", recipe.model, "tokenizer"),
-        ("data.train.path", recipe.data.train, "path"),
         ("data.eval.path", recipe.data.eval, "path"),
+    ]
+    targets += [
+        (f"data.train.{name}.path" if name else "data.train.path", source, "path")
+        for name, source in recipe.data.variants.items()
     ]
     targets += [(f"judge[{i}].reward_model", j, "reward_model") for i, j in enumerate(recipe.judges)]
     targets += [(f"judge[{i}].tokenizer", j, "tokenizer") for i, j in enumerate(recipe.judges)]

@@ -250,11 +250,12 @@ def _planned_slots(sweep: Sweep) -> dict[str, dict]:
     if sweep.plan.strategy == "grid":
         return {t.trial_id: {**t.to_json(), "params": dict(t.params)} for t in sweep.plan.trials}
     slots = {}
-    for method in sweep.plan.spaces:
-        for seed in sweep.plan.seeds:
-            for k in range(sweep.plan.n_trials or 0):
-                slot = f"{method}/s{seed}/{k}"
-                slots[slot] = {"slot": slot, "method": method, "seed": seed, "variant": None}
+    for variant in sweep.plan.variants:
+        for method in sweep.plan.spaces:
+            for seed in sweep.plan.seeds:
+                for k in range(sweep.plan.n_trials or 0):
+                    slot = f"{variant + '/' if variant else ''}{method}/s{seed}/{k}"
+                    slots[slot] = {"slot": slot, "method": method, "seed": seed, "variant": variant}
     return slots
 
 
@@ -390,7 +391,10 @@ def _spec_for(sweep: Sweep, trial) -> tuple[TrialSpec, dict]:
         )
     else:
         method, params = _suggest(sweep, trial)
-        spec = TrialSpec(sampled_trial_id(method, params, attrs["seed"]), method, params, attrs["seed"])
+        variant = attrs.get("variant")
+        spec = TrialSpec(
+            sampled_trial_id(method, params, attrs["seed"], variant), method, params, attrs["seed"], variant
+        )
         attrs.update(trial_id=spec.trial_id, params=params)
     return spec, attrs
 

@@ -138,10 +138,23 @@ class Worker:
         model_path = resolve(recipe.model.path, cache_dir, log=log)
         tokenizer = recipe.model.tokenizer
         tokenizer_path = resolve(tokenizer, cache_dir, log=log) if tokenizer else model_path
-        self.pairs = train_dataset if train_dataset is not None else load_pairs(recipe.data.train, cache_dir)
+        self._cache_dir = cache_dir
+        self._pairs: dict[str | None, datasets.Dataset] = (
+            {} if train_dataset is None else {None: train_dataset}
+        )
         with _no_progress_bars():
             self.tokenizer = _load_tokenizer(recipe.model, tokenizer_path, same_repo=tokenizer is None)
             self.sft = _load_model(recipe.model, model_path).to(device).eval().requires_grad_(False)
+
+    def pairs(self, variant: str | None = None) -> datasets.Dataset:
+        """The training pairs of a data variant (loaded once per worker)."""
+        if variant not in self._pairs:
+            self._pairs[variant] = load_pairs(
+                self.recipe.data.variants[variant],
+                self._cache_dir,
+                where=f"data.train.{variant}" if variant else "data.train",
+            )
+        return self._pairs[variant]
 
     @property
     def direction(self) -> str:
@@ -261,7 +274,7 @@ class Worker:
         if self._lora is not None:
             extra["peft_config"] = self._lora
         with _no_progress_bars():
-            data = self.pairs
+            data = self.pairs(spec.variant)
             if method.data == "unpaired":
                 from trl import unpair_preference_dataset
 
