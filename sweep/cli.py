@@ -256,6 +256,85 @@ def rm_train(
     )
 
 
+data_app = typer.Typer(
+    help="Preference data: length-bias statistics and perplexity filtering for a target model.",
+    no_args_is_help=True,
+)
+app.add_typer(data_app, name="data")
+DataArg = Annotated[
+    str, typer.Argument(help="preference data: local file, Hub id, or builtin:NAME", show_default=False)
+]
+SplitOpt = Annotated[str, typer.Option(help="dataset split")]
+PromptOpt = Annotated[str, typer.Option(help="prompt column")]
+ChosenOpt = Annotated[str, typer.Option(help="chosen column")]
+RejectedOpt = Annotated[str, typer.Option(help="rejected column")]
+
+
+def _pair_source(data: str, split: str, prompt: str, chosen: str, rejected: str):
+    from sweep.recipe import PairColumns, TrainData
+
+    return TrainData(
+        path=data, split=split, columns=PairColumns(prompt=prompt, chosen=chosen, rejected=rejected)
+    )
+
+
+@data_app.command("stats")
+@user_errors
+def data_stats(
+    data: DataArg,
+    model: Annotated[
+        str | None, typer.Option(help="count tokens too, with this model's tokenizer (directory or Hub id)")
+    ] = None,
+    split: SplitOpt = "train",
+    prompt: PromptOpt = "prompt",
+    chosen: ChosenOpt = "chosen",
+    rejected: RejectedOpt = "rejected",
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object instead of tables")] = False,
+) -> None:
+    """Length bias, duplicates and empty responses of preference data (tokens too with --model)."""
+    import json
+
+    from sweep.datatools import dataset_stats, print_stats
+
+    stats = dataset_stats(_pair_source(data, split, prompt, chosen, rejected), model, Path(".cache"))
+    if as_json:
+        typer.echo(json.dumps(stats))
+    else:
+        print_stats(stats)
+
+
+@data_app.command("ppl-filter")
+@user_errors
+def data_ppl_filter(
+    data: DataArg,
+    model: Annotated[str, typer.Option(help="target (SFT) model: directory or Hub id", show_default=False)],
+    out: Annotated[Path, typer.Option(help="filtered data file (the input's format)", show_default=False)],
+    keep: Annotated[
+        float | None, typer.Option(help="keep this fraction of pairs, lowest perplexity first [default: 0.5]")
+    ] = None,
+    max_ppl: Annotated[float | None, typer.Option(help="keep pairs whose perplexity is at most this")] = None,
+    max_ratio: Annotated[
+        float | None, typer.Option(help="keep pairs whose chosen/rejected perplexity ratio is at most this")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="responses per forward pass")] = 8,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N")] = "auto",
+    split: SplitOpt = "train",
+    prompt: PromptOpt = "prompt",
+    chosen: ChosenOpt = "chosen",
+    rejected: RejectedOpt = "rejected",
+) -> None:
+    """Keep the pairs a target model finds natural (lowest perplexity); write them, a summary and a plot."""
+    from sweep.datatools import criterion, filter_file
+
+    rule = criterion(keep, max_ppl, max_ratio)
+    source = _pair_source(data, split, prompt, chosen, rejected)
+    summary = filter_file(source, model, out, rule, batch_size, device, Path(".cache"))
+    typer.echo(
+        f"kept {summary['kept']} of {summary['pairs']} pairs ({summary['kept_fraction']:.1%}): {out} "
+        f"(summary {out}.summary.json, histogram {out}.ppl.png)"
+    )
+
+
 def main() -> None:
     """Entry point for `python -m sweep`."""
     app(prog_name="posweep")

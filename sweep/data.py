@@ -41,7 +41,7 @@ def _read_local(path: Path) -> list[dict]:
             return pq.read_table(path).to_pylist()
         import pandas as pd
 
-        return pd.read_csv(path).to_dict(orient="records")
+        return pd.read_csv(path, keep_default_na=False).to_dict(orient="records")
     except (OSError, ValueError) as error:
         raise UserError(f"{path}: cannot read data: {str(error).splitlines()[0]}") from None
 
