@@ -1,0 +1,243 @@
+"""Reward (preference) model training, the judge-building step of "Investigating on RLHF methodology"
+(arXiv 2410.01789).
+
+`train_reward_model` turns any causal-LM or sequence-classification checkpoint into a one-output sequence
+classifier trained with TRL's `RewardTrainer` (Bradley–Terry loss on chosen/rejected pairs). It holds out a
+fraction of the pairs, measures the pairwise accuracy on them (chosen scored above rejected), and saves an
+ordinary Hugging Face directory: the model (`config.pad_token_id` set), its tokenizer (pad token set) and
+`posweep_rm.json`, a summary with the held-out accuracy, pair counts, base model, settings, package
+versions and times.
+
+Pairs have columns `prompt`, `chosen`, `rejected`, as plain strings or as conversational lists of
+{role, content} messages. A (prompt, response) is scored as TRL trains on it: the text `prompt + response`
+plus the eos token (or the messages through the chat template), read at its last non-pad token.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from functools import partial
+from importlib.metadata import version
+from pathlib import Path
+
+import torch
+from transformers import PrinterCallback, TrainerCallback
+
+from sweep import __version__
+from sweep.errors import UserError
+from sweep.io import utc_now, write_json
+
+SUMMARY_FILE = "posweep_rm.json"
+
+
+class ProgressLog(TrainerCallback):
+    """Sends each of a trainer's loss logs to a `log` callable as one line."""
+
+    def __init__(self, label: str, log: Callable[[str], None]):
+        self.label, self.log = label, log
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.log(f"{self.label}: step {state.global_step}/{state.max_steps}, loss {logs['loss']:.4f}")
+
+
+def quiet_trainer(trainer, label: str, log: Callable[[str], None]):
+    """Make a trainer report its losses through `log` instead of printing them; return it."""
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(ProgressLog(label, log))
+    return trainer
+
+
+def sequence_ids(tokenizer, prompt, response) -> list[int]:
+    """Token ids of one (prompt, response), built as TRL's RewardTrainer builds them."""
+    if isinstance(prompt, list):
+        return tokenizer.apply_chat_template(prompt + response, tokenize=True, return_dict=True)["input_ids"]
+    text = prompt + response
+    if not text.endswith(tokenizer.eos_token):
+        text += tokenizer.eos_token
+    return tokenizer(text)["input_ids"]
+
+
+@torch.no_grad()
+def score_ids(model, pad_token_id: int, sequences: list[list[int]], batch_size: int = 32) -> list[float]:
+    """Reward of each token-id sequence, in right-padded batches as in training."""
+    model.eval()
+    device = next(model.parameters()).device
+    scores: list[float] = []
+    for start in range(0, len(sequences), batch_size):
+        batch = sequences[start : start + batch_size]
+        input_ids = torch.full((len(batch), max(map(len, batch))), pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        for row, ids in enumerate(batch):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            attention_mask[row, : len(ids)] = 1
+        logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
+        scores += logits[:, 0].float().tolist()
+    return scores
+
+
+def score(model, tokenizer, prompts: list, responses: list, batch_size: int = 32) -> list[float]:
+    """Reward of each (prompt, response) under a reward model and its tokenizer."""
+    sequences = [sequence_ids(tokenizer, p, r) for p, r in zip(prompts, responses, strict=True)]
+    return score_ids(model, tokenizer.pad_token_id, sequences, batch_size)
+
+
+def _check_pairs(pairs, eval_fraction: float) -> int:
+    """Validate the pairs and the held-out fraction; return the number of held-out pairs."""
+    missing = [column for column in ("prompt", "chosen", "rejected") if column not in pairs.column_names]
+    if missing:
+        raise UserError(
+            f"preference data needs columns prompt, chosen, rejected; missing {', '.join(missing)} "
+            f"(found {', '.join(pairs.column_names)})"
+        )
+    if not 0 < eval_fraction < 1:
+        raise UserError(f"the held-out fraction must be between 0 and 1 (exclusive), got {eval_fraction}")
+    n_heldout = round(len(pairs) * eval_fraction)
+    if not 0 < n_heldout < len(pairs):
+        raise UserError(
+            f"{len(pairs)} preference pairs are too few to hold out a fraction of {eval_fraction}"
+        )
+    return n_heldout
+
+
+def _load_tokenizer(name: str, trust_remote_code: bool):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"cannot load the tokenizer of {name!r}: {reason}") from None
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise UserError(f"tokenizer {name} has neither a pad token nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _temporary_sibling(out_dir: Path) -> Path:
+    """A new directory beside `out_dir` to build in, once `out_dir` is known to be free."""
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise UserError(f"{out_dir} already exists and is not empty; choose another output directory")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    build = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    build.chmod(0o755)  # mkdtemp makes it private; the model directory is an ordinary one
+    return build
+
+
+def train_reward_model(
+    pairs,
+    base_model: str,
+    out_dir: str | Path,
+    *,
+    eval_fraction: float = 0.1,
+    epochs: float = 1.0,
+    learning_rate: float = 1e-5,
+    batch_size: int = 8,
+    max_length: int = 1024,
+    seed: int = 0,
+    tokenizer: str | None = None,
+    trust_remote_code: bool = False,
+    log: Callable[[str], None] = partial(print, file=sys.stderr),
+) -> dict:
+    """Train a reward model on preference `pairs` (a `datasets.Dataset`), save it in `out_dir`; return
+    its summary (also written to `out_dir/posweep_rm.json`)."""
+    from trl import RewardConfig, RewardTrainer
+
+    started, created = time.perf_counter(), utc_now()
+    out_dir = Path(out_dir)
+    n_heldout = _check_pairs(pairs, eval_fraction)
+    processing_class = _load_tokenizer(tokenizer or base_model, trust_remote_code)
+    split = pairs.train_test_split(test_size=n_heldout, seed=seed)
+    heldout = [
+        [sequence_ids(processing_class, row["prompt"], row[side]) for side in ("chosen", "rejected")]
+        for row in split["test"]
+    ]
+    heldout_kept = [pair for pair in heldout if max(map(len, pair)) <= max_length]
+    if not heldout_kept:
+        raise UserError(f"every held-out pair is longer than max_length={max_length} tokens")
+    on_gpu = torch.cuda.is_available()
+    build = _temporary_sibling(out_dir)
+    try:
+        args = RewardConfig(
+            output_dir=str(build / "trainer"),
+            num_train_epochs=epochs,
+            learning_rate=learning_rate,
+            per_device_train_batch_size=batch_size,
+            max_length=max_length,
+            seed=seed,
+            bf16=on_gpu and torch.cuda.is_bf16_supported(),
+            activation_checkpointing=on_gpu,
+            dataloader_pin_memory=on_gpu,
+            trust_remote_code=trust_remote_code,
+            logging_steps=0.2,
+            save_strategy="no",
+            report_to="none",
+            disable_tqdm=True,
+        )
+        log(f"training a reward model from {base_model} on {len(split['train'])} pairs")
+        trainer = RewardTrainer(
+            model=base_model, args=args, train_dataset=split["train"], processing_class=processing_class
+        )
+        n_train = len(trainer.train_dataset)
+        if n_train == 0:
+            raise UserError(f"every training pair is longer than max_length={max_length} tokens")
+        train_loss = quiet_trainer(trainer, "reward model", log).train().training_loss
+        trained = time.perf_counter()
+        model = trainer.model
+        scores = score_ids(
+            model, processing_class.pad_token_id, [ids for pair in heldout_kept for ids in pair]
+        )
+        margins = [chosen - rejected for chosen, rejected in zip(scores[::2], scores[1::2], strict=True)]
+        evaluated = time.perf_counter()
+        shutil.rmtree(args.output_dir, ignore_errors=True)
+        model.config.pad_token_id = processing_class.pad_token_id
+        model.save_pretrained(build)
+        processing_class.save_pretrained(build)
+        summary = {
+            "heldout_accuracy": sum(margin > 0 for margin in margins) / len(margins),
+            "mean_margin": sum(margins) / len(margins),
+            "n_train": n_train,
+            "n_heldout": len(margins),
+            "n_dropped_too_long": {
+                "train": len(split["train"]) - n_train,
+                "heldout": len(heldout) - len(heldout_kept),
+            },
+            "base_model": base_model,
+            "tokenizer": tokenizer or base_model,
+            "settings": {
+                "eval_fraction": eval_fraction,
+                "epochs": epochs,
+                "learning_rate": learning_rate,
+                "batch_size": batch_size,
+                "max_length": max_length,
+                "seed": seed,
+            },
+            "train_loss": train_loss,
+            "time_s": {
+                "train": round(trained - started, 2),
+                "evaluate": round(evaluated - trained, 2),
+                "total": round(time.perf_counter() - started, 2),
+            },
+            "created": created,
+            "versions": {
+                "posweep": __version__,
+                **{name: version(name) for name in ("torch", "transformers", "trl")},
+            },
+        }
+        write_json(build / SUMMARY_FILE, summary)
+        if out_dir.exists():
+            out_dir.rmdir()
+        build.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(build, ignore_errors=True)
+        raise
+    log(
+        f"reward model saved in {out_dir}: held-out accuracy {summary['heldout_accuracy']:.3f} "
+        f"({len(margins)} pairs)"
+    )
+    return summary
