@@ -277,6 +277,9 @@ class ExecutionSpec(Strict):
     storage: str | None = Field(None, description="Optuna storage URL or env:VAR; default a journal file")
     workers: PositiveInt = 1
     devices: Literal["auto", "cpu"] | list[Annotated[int, Field(ge=0)]] = "auto"
+    cpu_threads: PositiveInt | None = Field(
+        None, description="torch threads per CPU worker; default cores/workers, 1 on machines with <= 4 cores"
+    )
     max_retries: Annotated[int, Field(ge=0)] = 1
     keep: Literal["none", "best", "all"] = "none"
     slurm: SlurmSpec = SlurmSpec()

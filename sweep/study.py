@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -32,6 +33,7 @@ from sweep.recipe import Distribution, Recipe
 
 HEARTBEAT_S = 10.0
 GRACE_S = 60.0
+POLL_S = 2.0
 FINAL_STATES = ("complete", "pruned", "diverged")
 ATTR = "posweep"
 
@@ -55,20 +57,61 @@ def storage_url(value: str | None) -> str | None:
     return value
 
 
+class _FlockLock:
+    """A journal-file lock held with flock(2): the kernel releases it when its holder dies (kill -9)."""
+
+    def __init__(self, path: str):
+        self._path = path
+        self._handle = None
+
+    def acquire(self) -> bool:
+        """Block until this process holds the lock."""
+        self._handle = open(self._path, "a")  # noqa: SIM115 (held until release)
+        fcntl.flock(self._handle, fcntl.LOCK_EX)
+        return True
+
+    def release(self) -> None:
+        """Let the next writer in."""
+        if self._handle is not None:
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
+
+
+def _with_driver(url: str) -> str:
+    """A bare postgresql:// URL with an installed driver (SQLAlchemy 2.1 defaults to psycopg 3)."""
+    from importlib.util import find_spec
+
+    scheme, _, rest = url.partition("://")
+    if scheme not in ("postgresql", "postgres") or find_spec("psycopg") is not None:
+        return url
+    return f"postgresql+psycopg2://{rest}" if find_spec("psycopg2") is not None else url
+
+
 def open_storage(url: str | None, sweep_dir: Path):
     """The Optuna storage: a journal file inside the sweep folder by default, else any storage URL."""
     import optuna
 
     if url is None:
-        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+        from optuna.storages.journal import JournalFileBackend
 
         path = str(sweep_dir / "study.journal")
-        return optuna.storages.JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
+        return optuna.storages.JournalStorage(JournalFileBackend(path, lock_obj=_FlockLock(path + ".lock")))
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        return optuna.storages.RDBStorage(_with_driver(url), engine_kwargs={"pool_pre_ping": True})
     except Exception as error:  # SQLAlchemy raises many types for a bad URL or an unreachable server
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise UserError(f"storage {mask_url(url)}: {message.replace(url, mask_url(url))}") from None
+        raise UserError(f"storage {mask_url(url)}: {_masked(message, url)}") from None
+
+
+def _masked(text: str, url: str) -> str:
+    """`text` with the URL's password (raw or percent-decoded) replaced by ***."""
+    from urllib.parse import unquote
+
+    password = urlsplit(url).password
+    for secret in {password, unquote(password)} if password else ():
+        text = text.replace(secret, "***")
+    return text
 
 
 def _sampler(recipe: Recipe):
@@ -181,19 +224,20 @@ def open_sweep(
     root = Path(results if results is not None else recipe.execution.results_dir)
     folder = _choose_folder(recipe, root, plan, new)
     url = storage_url(storage or recipe.execution.storage)
-    folder.mkdir(parents=True, exist_ok=True)
-    study = optuna.create_study(
-        storage=open_storage(url, folder),
-        study_name=folder.name,
-        direction=recipe.eval.direction,
-        sampler=_sampler(recipe),
-        pruner=_pruner(recipe),
-        load_if_exists=True,
-    )
-    display = mask_url(url) if url else "journal:study.journal"
-    sweep = Sweep(folder, recipe, plan, study, display)
     with folder_lock(folder):
-        write_text(folder / "recipe.yaml", recipe.dump())
+        study = optuna.create_study(
+            storage=open_storage(url, folder),
+            study_name=folder.name,
+            direction=recipe.eval.direction,
+            sampler=_sampler(recipe),
+            pruner=_pruner(recipe),
+            load_if_exists=True,
+        )
+        display = mask_url(url) if url else "journal:study.journal"
+        sweep = Sweep(folder, recipe, plan, study, display)
+        stored = recipe.execution.storage and mask_url(recipe.execution.storage)
+        shown = recipe.execution.model_copy(update={"storage": stored})
+        write_text(folder / "recipe.yaml", recipe.model_copy(update={"execution": shown}).dump())
         write_sweep_json(sweep)
     return sweep
 
@@ -259,8 +303,12 @@ def _planned_slots(sweep: Sweep) -> dict[str, dict]:
     return slots
 
 
-def _is_alive(attrs: dict) -> bool:
-    """Whether the worker holding a RUNNING trial still lives."""
+def _is_alive(trial, attrs: dict) -> bool:
+    """Whether the worker holding a RUNNING trial still lives.
+
+    On this host its process must exist; elsewhere its heartbeat must be recent. A trial claimed but
+    not yet stamped with its worker counts as alive for GRACE_S after the claim.
+    """
     if attrs.get("host") == socket.gethostname() and attrs.get("pid"):
         try:
             os.kill(int(attrs["pid"]), 0)
@@ -269,7 +317,10 @@ def _is_alive(attrs: dict) -> bool:
         except PermissionError:
             return True
         return True
-    return time.time() - float(attrs.get("heartbeat", 0)) < GRACE_S
+    if "heartbeat" in attrs:
+        return time.time() - float(attrs["heartbeat"]) < GRACE_S
+    started = trial.datetime_start
+    return started is not None and (datetime.now() - started).total_seconds() < GRACE_S
 
 
 def reconcile(sweep: Sweep) -> dict[str, int]:
@@ -290,16 +341,19 @@ def reconcile(sweep: Sweep) -> dict[str, int]:
             attrs = trial.user_attrs.get(ATTR)
             if attrs is None:
                 continue
-            if trial.state == TrialState.RUNNING and not _is_alive(attrs):
-                same_host = attrs.get("host") == socket.gethostname()
-                state = "interrupted" if same_host else "failed"
+            if trial.state == TrialState.RUNNING and not _is_alive(trial, attrs):
+                elsewhere = "host" in attrs and attrs["host"] != socket.gethostname()
+                state = "failed" if elsewhere else "interrupted"
                 _close(sweep, trial._trial_id, attrs, state, "worker_died")
                 attrs = {**attrs, "state": state, "reason": "worker_died"}
                 trial = storage.get_trial(trial._trial_id)
             by_slot.setdefault(_slot_key(attrs), []).append((trial, trial.user_attrs.get(ATTR, attrs)))
         for slot, base in _planned_slots(sweep).items():
             history = by_slot.get(slot, [])
-            states = [attrs.get("state") for _, attrs in history]
+            states = [
+                "complete" if trial.state == TrialState.COMPLETE else attrs.get("state")
+                for trial, attrs in history
+            ]
             if any(s in FINAL_STATES for s in states):
                 counts["done"] += 1
             elif any(t.state == TrialState.WAITING for t, _ in history):
@@ -326,19 +380,21 @@ def _enqueue(sweep: Sweep, base: dict, history: list) -> None:
 def _close(
     sweep: Sweep, trial_id: int, attrs: dict, state: str, reason: str | None, value: float | None = None
 ):
-    """Record a posweep state on an Optuna trial and finish it."""
+    """Record a posweep state on an Optuna trial and finish it (unless another worker already closed it)."""
+    from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
     storage = sweep.storage
-    storage.set_trial_user_attr(
-        trial_id, ATTR, {**attrs, "state": state, "reason": reason, "finished": utc_now()}
-    )
-    if state == "complete" and value is not None:
-        storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [value])
-    elif state == "pruned":
-        storage.set_trial_state_values(trial_id, TrialState.PRUNED)
-    else:
-        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    with contextlib.suppress(UpdateFinishedTrialError):
+        storage.set_trial_user_attr(
+            trial_id, ATTR, {**attrs, "state": state, "reason": reason, "finished": utc_now()}
+        )
+        if state == "complete" and value is not None:
+            storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [value])
+        elif state == "pruned":
+            storage.set_trial_state_values(trial_id, TrialState.PRUNED)
+        else:
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
 
 
 def claim(sweep: Sweep):
@@ -461,7 +517,7 @@ def worker_loop(
         if trial is None:
             if reconcile(sweep)["queued"] == 0:
                 if _others_running(sweep):
-                    time.sleep(5)
+                    time.sleep(POLL_S)
                     continue
                 break
             continue
@@ -527,7 +583,8 @@ def _device_plan(recipe: Recipe, workers: int | None) -> list[dict[str, str]]:
         return [
             {"CUDA_VISIBLE_DEVICES": str(gpus[i % len(gpus)]), "POSWEEP_DEVICE": "cuda"} for i in range(count)
         ]
-    threads = str(max(1, (os.cpu_count() or 1) // count))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = str(max(1, cores // count))
     return [{"CUDA_VISIBLE_DEVICES": "", "POSWEEP_DEVICE": "cpu", "POSWEEP_THREADS": threads}] * count
 
 
@@ -613,11 +670,8 @@ def run_worker(
             f"{folder} is not a sweep folder (it needs sweep.json and recipe.yaml from posweep run)"
         )
     recipe = Recipe.model_validate(yaml.safe_load((folder / "recipe.yaml").read_text(encoding="utf-8")))
-    env = (
-        _device_plan(recipe, 1)[0]
-        if not os.environ.get("CUDA_VISIBLE_DEVICES")
-        else {"POSWEEP_DEVICE": "cuda"}
-    )
+    given_gpus = os.environ.get("CUDA_VISIBLE_DEVICES") and recipe.execution.devices != "cpu"
+    env = {"POSWEEP_DEVICE": "cuda"} if given_gpus else _device_plan(recipe, 1)[0]
     os.environ.update(env)
     _configure_process(env)
     sweep = open_sweep_folder(recipe, folder, sweep_storage(folder, storage))
@@ -706,14 +760,14 @@ def run_sweep(
         f"storage {sweep.storage_display}"
     )
     envs = _device_plan(recipe, workers)
-    interrupted = False
+    interrupted, crashed = False, []
     try:
         if len(envs) == 1:
             os.environ.update(envs[0])
             _configure_process(envs[0])
             worker_loop(sweep, envs[0]["POSWEEP_DEVICE"], max_trials, progress, progress.log)
         else:
-            _run_processes(sweep, envs, storage, max_trials, progress)
+            crashed = _run_processes(sweep, envs, storage or recipe.execution.storage, max_trials, progress)
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -724,13 +778,18 @@ def run_sweep(
     if interrupted:
         progress.log("interrupted: finished trials are saved; run the same command again to resume")
         return 130
+    if crashed:
+        progress.log(
+            f"{len(crashed)} worker process(es) crashed (exit codes {crashed}); see their errors above"
+        )
+        return 1
     return 0
 
 
 def _run_processes(
     sweep: Sweep, envs: list[dict], storage: str | None, max_trials: int | None, progress: Progress
-) -> None:
-    """Run one spawned worker process per environment and relay their events to the progress display."""
+) -> list[int]:
+    """Run one spawned worker process per environment, relay their events; return crashed ones' exit codes."""
     import multiprocessing as mp
     import queue as queue_module
 
@@ -760,6 +819,7 @@ def _run_processes(
     finally:
         for proc in procs:
             proc.join(timeout=60)
+    return [proc.exitcode for proc in procs if proc.exitcode]
 
 
 # --------------------------------------------------------------------------- status
@@ -810,8 +870,6 @@ def summarize(sweep_dir: Path) -> str:
 
 def print_status(sweep_dir: Path) -> None:
     """`posweep status`: a table of trial states and objectives, counts, elapsed and remaining time."""
-    from datetime import datetime
-
     from rich.console import Console
     from rich.table import Table
 
