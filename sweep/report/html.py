@@ -62,9 +62,9 @@ def _failure_note(objective: Objective) -> str:
         "keep the last objective they reported (the worst value if they reported none); running and "
         "interrupted trials are counted but left out of the distributions. The “within "
         f"{NEAR_BEST}” columns give the fraction of scored trials within {NEAR_BEST} (absolute) of the "
-        "method's own best and of the best in the whole report; “expected best kK” is the expected best of "
-        "K trials drawn at random without "
-        "replacement (empty when the method has fewer than K).</p>"
+        "method's own best and of the best in the whole report; “expected best k” (columns "
+        "expected_best_k1, _k3, _k5) is the expected best of k trials drawn at random without "
+        "replacement (empty when the method has fewer than k).</p>"
     )
 
 
