@@ -3,6 +3,9 @@
 The study must live in a storage every node reaches (PostgreSQL), and the sweep folder on a shared
 filesystem. A storage URL is handed to the jobs through the environment (SLURM exports it), never
 written into submitit's job files.
+
+For tests and dry runs, the environment variable POSWEEP_SUBMITIT_CLUSTER=local makes submitit start
+the workers as local processes instead of SLURM jobs (submitit's local executor).
 """
 
 from __future__ import annotations
@@ -15,12 +18,14 @@ from sweep.recipe import SlurmSpec
 from sweep.study import Sweep, run_worker
 
 STORAGE_VARIABLE = "POSWEEP_STORAGE_URL"
+CLUSTER_VARIABLE = "POSWEEP_SUBMITIT_CLUSTER"
 
 
 def submit_workers(
     sweep: Sweep, storage: str | None, workers: int, spec: SlurmSpec, cluster: str | None = None
 ) -> list[str]:
     """Submit `workers` array tasks running `posweep worker` on this sweep; return their job ids."""
+    cluster = cluster or os.environ.get(CLUSTER_VARIABLE) or None
     try:
         import submitit
     except ImportError:

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from sweep.errors import UserError
 from sweep.io import read_json, utc_now, write_json, write_text
@@ -38,13 +40,29 @@ FINAL_STATES = ("complete", "pruned", "diverged")
 ATTR = "posweep"
 
 
+QUERY_PASSWORD = re.compile(r"(?i)(^|&)(password=)([^&]*)")
+
+
 def mask_url(url: str) -> str:
-    """A storage URL with its password replaced by ***."""
+    """A storage URL with its password (user:PASSWORD@host or ?password=PASSWORD) replaced by ***."""
     parts = urlsplit(url)
-    if parts.password is None:
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+    query = QUERY_PASSWORD.sub(r"\1\2***", parts.query)
+    if (netloc, query) == (parts.netloc, parts.query):
         return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _masked(text: str, url: str) -> str:
+    """`text` (say, a driver's error message) with every password of `url`, raw or decoded, as ***."""
+    parts = urlsplit(url)
+    secrets = {match[3] for match in QUERY_PASSWORD.finditer(parts.query)} | {parts.password or ""}
+    for secret in sorted(secrets | {unquote(s) for s in secrets}, key=len, reverse=True):
+        if secret:
+            text = text.replace(secret, "***")
+    return text
 
 
 def storage_url(value: str | None) -> str | None:
@@ -102,16 +120,6 @@ def open_storage(url: str | None, sweep_dir: Path):
     except Exception as error:  # SQLAlchemy raises many types for a bad URL or an unreachable server
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise UserError(f"storage {mask_url(url)}: {_masked(message, url)}") from None
-
-
-def _masked(text: str, url: str) -> str:
-    """`text` with the URL's password (raw or percent-decoded) replaced by ***."""
-    from urllib.parse import unquote
-
-    password = urlsplit(url).password
-    for secret in {password, unquote(password)} if password else ():
-        text = text.replace(secret, "***")
-    return text
 
 
 def _sampler(recipe: Recipe):
@@ -323,6 +331,33 @@ def _is_alive(trial, attrs: dict) -> bool:
     return started is not None and (datetime.now() - started).total_seconds() < GRACE_S
 
 
+@contextlib.contextmanager
+def queue_lock(sweep: Sweep) -> Iterator[None]:
+    """Serialize queue bookkeeping between all workers of a sweep, wherever they run.
+
+    A study in PostgreSQL is locked in the database itself (an advisory lock, released by the server
+    when its holder dies), so no point is enqueued twice even where the shared filesystem's locks are
+    node-local; other storages use the sweep folder's lock.
+    """
+    engine = getattr(getattr(sweep.storage, "_backend", sweep.storage), "engine", None)
+    if engine is None or engine.dialect.name != "postgresql":
+        with folder_lock(sweep.dir):
+            yield
+        return
+    from sqlalchemy import text
+
+    digest = hashlib.sha256(f"posweep:{sweep.study.study_name}".encode()).digest()
+    key = int.from_bytes(digest[:8], "big", signed=True)
+    with engine.connect() as connection:
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+        connection.commit()
+        try:
+            yield
+        finally:
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+            connection.commit()
+
+
 def reconcile(sweep: Sweep) -> dict[str, int]:
     """Bring the queue in line with the plan; return counts of slots by what is left to do.
 
@@ -334,7 +369,7 @@ def reconcile(sweep: Sweep) -> dict[str, int]:
 
     storage = sweep.storage
     counts = {"done": 0, "queued": 0, "running": 0, "given_up": 0}
-    with folder_lock(sweep.dir):
+    with queue_lock(sweep):
         trials = sweep.study.get_trials(deepcopy=False)
         by_slot: dict[str, list] = {}
         for trial in trials:
@@ -584,7 +619,7 @@ def _device_plan(recipe: Recipe, workers: int | None) -> list[dict[str, str]]:
             {"CUDA_VISIBLE_DEVICES": str(gpus[i % len(gpus)]), "POSWEEP_DEVICE": "cuda"} for i in range(count)
         ]
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    threads = str(max(1, cores // count))
+    threads = str(recipe.execution.cpu_threads or (1 if cores <= 4 else max(1, cores // count)))
     return [{"CUDA_VISIBLE_DEVICES": "", "POSWEEP_DEVICE": "cpu", "POSWEEP_THREADS": threads}] * count
 
 

@@ -65,10 +65,10 @@ def test_plan_tiny_lists_every_trial_and_the_total():
     result = invoke("plan", ROOT / "recipes" / "tiny.yaml")
     assert result.exit_code == 0
     ids = re.findall(r"^((?:dpo|ln-dpo|simpo)-\S+-s0)\s", result.stdout, flags=re.MULTILINE)
-    assert len(ids) == len(set(ids)) == 3 * 2 + 3 * 2 + 3 * 2 * 2
-    assert "dpo-b0.05-lr0.0001-s0" in ids
-    assert "simpo-b5-lr0.0005-gbr1-s0" in ids
-    assert re.search(r"^total: 24 trials; plan hash [0-9a-f]{16}$", result.stdout, flags=re.MULTILINE)
+    assert len(ids) == len(set(ids)) == 3 * 3 + 3 * 3 + 2 * 2 * 3
+    assert "dpo-b0.03-lr0.0001-s0" in ids
+    assert "simpo-b5-lr0.001-gbr1-s0" in ids
+    assert re.search(r"^total: 30 trials; plan hash [0-9a-f]{16}$", result.stdout, flags=re.MULTILINE)
 
 
 def test_plan_sampled_search_shows_spaces_and_total(base_recipe, recipe_file):
