@@ -4,6 +4,12 @@ A `Worker` lives as long as its process: it loads the tokenizer, the training pa
 once, and keeps the SFT model frozen on its device, where it serves as the starting point of every trial,
 the fixed reference model of the methods that have one, and the SFT side of evaluation.
 
+Work that does not depend on a trial's hyperparameters is done once per sweep (`SharedTraining`): the
+training sets as TRL tokenizes them, and the fixed reference model's log-probabilities of every training
+example, which are handed to TRL as its precomputed reference columns, so no trial runs a reference forward
+pass. Both are kept in memory for the worker's life and under the sweep's `cache/` for every other worker and
+resumed sweeps, keyed by a hash of everything they depend on. Moving-reference (TR-*) methods keep their own.
+
 `Worker.run` writes `trials/<id>/params.json` first and `metrics.json` last. Failures are data: an
 exception, a NaN loss or an out-of-memory error ends that trial (state failed or diverged), never the
 worker; only KeyboardInterrupt propagates, after the trial is recorded as interrupted.
@@ -12,21 +18,29 @@ worker; only KeyboardInterrupt propagates, after the trial is recorded as interr
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import copy
 import dataclasses
 import gc
+import hashlib
 import importlib
+import inspect
+import io
+import json
 import math
 import os
 import shutil
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import datasets
+import psutil
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, TrainerCallback, set_seed
 from transformers.utils import logging as transformers_logging
@@ -34,7 +48,8 @@ from transformers.utils import logging as transformers_logging
 from sweep.builtin import resolve
 from sweep.data import load_pairs
 from sweep.errors import UserError
-from sweep.io import append_jsonl, read_json, utc_now, write_json, write_text
+from sweep.evaluate import _file_lock
+from sweep.io import append_jsonl, read_json, utc_now, write_bytes, write_json, write_text
 from sweep.methods import Method, get_method
 from sweep.plan import TrialSpec
 from sweep.recipe import LoraSpec, ModelSpec, Recipe, TrainSpec
@@ -42,6 +57,10 @@ from sweep.recipe import LoraSpec, ModelSpec, Recipe, TrainSpec
 EVALUATION_TIMES = ("generate", "judge", "kl")
 TIME_KEYS = ("load", "train", *EVALUATION_TIMES, "total")
 SCRATCH = "scratch"
+CACHE_FORMAT = 1
+PREPARE_PARAMETERS = ("dataset", "processing_class", "args", "dataset_name")
+REFERENCE_BATCH_FACTOR = 4
+"""The reference pass uses batches this many times the training batch (no gradients, no optimizer state)."""
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -115,8 +134,256 @@ class _TrialCallback(TrainerCallback):
             control.should_training_stop = True
 
 
+class SharedTraining:
+    """Work shared by every trial of a sweep: tokenized training sets and fixed-reference log-probabilities.
+
+    Each result is computed once per key under a file lock, kept in memory for the worker's life, and stored
+    under `cache_dir` (`prepared/<key>/`, a saved `datasets.Dataset`; `reference/<key>.pt`, a dict of
+    tensors) for every other worker and resumed sweeps. A key hashes the inputs the result depends on,
+    the tokenizer's files and the library versions, so any change computes it anew.
+    """
+
+    def __init__(self, cache_dir: str | Path, tokenizer):
+        self.cache_dir = Path(cache_dir)
+        self.tokenizer_hash = _tokenizer_hash(tokenizer)
+        self._prepared: dict[str, datasets.Dataset] = {}
+        self._references: dict[str, dict[str, torch.Tensor]] = {}
+        self._rows: dict[str, dict[str, dict]] = {}
+        self._hashes: dict[str, str] = {}
+        self._versions = {name: version(name) for name in ("torch", "transformers", "trl", "datasets")}
+
+    def key(self, kind: str, **inputs: Any) -> str:
+        """A short hash of what a cached result depends on."""
+        payload = {"format": CACHE_FORMAT, "kind": kind, "tokenizer": self.tokenizer_hash, **inputs}
+        payload["versions"] = self._versions
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def content_hash(self, dataset: datasets.Dataset) -> str:
+        """A hash of a dataset's rows in order (memoized by the dataset's fingerprint)."""
+        fingerprint = dataset._fingerprint
+        if fingerprint not in self._hashes:
+            digest = hashlib.sha256(json.dumps(dataset.column_names).encode())
+            for batch in dataset.iter(batch_size=1024):
+                digest.update(json.dumps(batch, sort_keys=True, default=str).encode())
+            self._hashes[fingerprint] = digest.hexdigest()
+        return self._hashes[fingerprint]
+
+    def prepared(self, key: str, prepare: Callable[[], datasets.Dataset]) -> datasets.Dataset:
+        """The training set TRL prepared for `key`: from memory, from the cache, or prepared and stored."""
+        if key not in self._prepared:
+            folder = self.cache_dir / "prepared" / key
+            with _file_lock(folder.with_suffix(".lock")):
+                if not folder.is_dir():
+                    _save_dataset(prepare(), folder)
+                self._prepared[key] = datasets.load_from_disk(str(folder))
+        return self._prepared[key]
+
+    def reference(self, key: str, compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Reference log-probabilities for `key`: from memory, from the cache, or computed now and stored."""
+        if key not in self._references:
+            path = self.cache_dir / "reference" / f"{key}.pt"
+            with _file_lock(path.with_suffix(".lock")):
+                if path.is_file():
+                    values = torch.load(path, weights_only=True)
+                else:
+                    values = {name: tensor.detach().cpu() for name, tensor in compute().items()}
+                    buffer = io.BytesIO()
+                    torch.save(values, buffer)
+                    write_bytes(path, buffer.getvalue())
+            self._references[key] = values
+        return self._references[key]
+
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[None]:
+        """Serve the data preparation of the trainers built inside this block (see `shared_trainer_class`)."""
+        token = _SERVING.set(self)
+        try:
+            yield
+        finally:
+            _SERVING.reset(token)
+
+    def rows(self, key: str) -> dict[str, dict]:
+        """The memo of tokenized rows for one tokenizing setup (kept in memory only)."""
+        return self._rows.setdefault(key, {})
+
+
+_SERVING: contextvars.ContextVar[SharedTraining | None] = contextvars.ContextVar("serving", default=None)
+
+
+def shared_trainer_class(base: type) -> type:
+    """`base` with its data preparation served by the `SharedTraining` that is serving, when it has a hook.
+
+    TRL's DPO and KTO trainers prepare (tokenize, truncate-filter, pair KL completions) a whole dataset in
+    `_prepare_dataset`; CPO and ORPO tokenize row by row in `tokenize_row`. Anything else is used as is.
+    The subclass is a module attribute, so that `datasets`, which fingerprints `dataset.map(self.method)`
+    by pickling it, pickles it by name (as it does the TRL class) and not with the cache behind it.
+    """
+    name = f"Shared{base.__name__}"
+    known = globals().get(name)
+    if known is not None and known.posweep_base is base:
+        return known
+    if _has_parameters(base, "_prepare_dataset", PREPARE_PARAMETERS):
+        hooks = {"_prepare_dataset": _shared_prepare_dataset}
+    elif _has_parameters(base, "tokenize_row", ("feature", "model")):
+        hooks = {"tokenize_row": _shared_tokenize_row}
+    else:
+        return base
+    namespace = {**hooks, "posweep_base": base, "__module__": __name__, "__qualname__": name}
+    globals()[name] = subclass = type(name, (base,), namespace)
+    return subclass
+
+
+def _shared_prepare_dataset(self, dataset, processing_class, args, dataset_name):
+    """TRL's `_prepare_dataset`, done once per key; records the key as `posweep_data_key`."""
+    base, shared = type(self).posweep_base, _SERVING.get()
+
+    def prepare():
+        return base._prepare_dataset(self, dataset, processing_class, args, dataset_name)
+
+    if shared is None or not isinstance(dataset, datasets.Dataset):
+        return prepare()
+    settings = {"max_length": args.max_length, "truncation_mode": getattr(args, "truncation_mode", None)}
+    if hasattr(self, "calculate_KL"):  # KTO pairs each completion with its neighbour in a training batch
+        settings.update(calculate_kl=self.calculate_KL, batch_size=args.per_device_train_batch_size)
+    self.posweep_data_key = shared.key(
+        "prepared",
+        trainer=f"{base.__module__}.{base.__qualname__}",
+        name=dataset_name,
+        data=shared.content_hash(dataset),
+        **settings,
+    )
+    return shared.prepared(self.posweep_data_key, prepare)
+
+
+def _shared_tokenize_row(self, feature, model=None):
+    """TRL's `tokenize_row`, done once per distinct row and tokenizing setup."""
+    base, shared = type(self).posweep_base, _SERVING.get()
+    if shared is None or model is not None:
+        return base.tokenize_row(self, feature, model)
+    if "posweep_rows_key" not in vars(self):
+        setup = {
+            name: getattr(self, name, None)
+            for name in ("max_length", "max_completion_length", "is_encoder_decoder", "padding_value")
+        }
+        trainer = f"{base.__module__}.{base.__qualname__}"
+        self.posweep_rows_key = shared.key("rows", trainer=trainer, **setup)
+    memo = shared.rows(self.posweep_rows_key)
+    row = json.dumps([feature["prompt"], feature["chosen"], feature["rejected"]], default=str)
+    if row not in memo:
+        memo[row] = base.tokenize_row(self, feature)
+    return dict(memo[row])
+
+
+def _has_parameters(base: type, method: str, names: tuple[str, ...]) -> bool:
+    """Whether `base.method` exists and takes exactly these parameters after self (the hook's contract)."""
+    function = getattr(base, method, None)
+    if function is None:
+        return False
+    return tuple(inspect.signature(function).parameters)[1:] == names
+
+
+def _tokenizer_hash(tokenizer) -> str:
+    """A hash of the tokenizer's saved files (vocabulary, merges, special tokens, chat template)."""
+    digest = hashlib.sha256(type(tokenizer).__name__.encode())
+    with tempfile.TemporaryDirectory() as folder:
+        tokenizer.save_pretrained(folder)
+        for path in sorted(Path(folder).iterdir()):
+            digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _model_stamp(path: str) -> list | None:
+    """Name, size and modification time of a local model folder's files (None for a Hub id)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return None
+    return [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.iterdir()) if p.is_file()]
+
+
+def _save_dataset(dataset: datasets.Dataset, folder: Path) -> None:
+    """Save a dataset into `folder` atomically (a temporary folder renamed into place)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    try:
+        dataset.save_to_disk(str(staging))
+        staging.rename(folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def reference_logps(trainer, model, batch_size: int, paired: bool) -> dict[str, torch.Tensor]:
+    """The fixed reference model's log-probabilities of every example of `trainer.train_dataset`.
+
+    Computed as TRL computes them in a training step (its collator, its fused LM head, its autocast). Paired
+    data give, for chosen and rejected, the completion's total and the parts LD-DPO weighs (the tokens within
+    the shorter completion's length, and the tail past it), so one pass serves every `ld_alpha`; unpaired
+    (KTO) data give TRL's own `ref_logps` and `ref_KL_logps`.
+    """
+    data = trainer.train_dataset
+    data = data.select_columns([name for name in data.column_names if name.endswith(("_ids", "label"))])
+    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, collate_fn=trainer.data_collator)
+    device = next(model.parameters()).device
+    parts: dict[str, list[torch.Tensor]] = {}
+    with torch.no_grad(), trainer.accelerator.autocast():
+        for batch in loader:
+            batch = {name: value.to(device) for name, value in batch.items()}
+            if paired:
+                found = _paired_logps(model, batch)
+            else:
+                logps, kl_logps = trainer.compute_ref_log_probs(model, batch)
+                found = (
+                    {"ref_logps": logps, "ref_KL_logps": kl_logps}
+                    if kl_logps is not None
+                    else {"ref_logps": logps}
+                )
+            for name, values in found.items():
+                parts.setdefault(name, []).append(values.float().cpu())
+    return {name: torch.cat(values) for name, values in parts.items()}
+
+
+def _paired_logps(model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Sums of per-token log-probabilities of a [chosen; rejected] batch (TRL's DPO reference arithmetic)."""
+    mask = batch["completion_mask"]
+    labels = batch["input_ids"].masked_fill(mask == 0, -100)
+    inputs = {name: value for name, value in batch.items() if name not in ("completion_mask", "label")}
+    per_token = model(**inputs, labels=labels, use_cache=False, fused_lm_head=True).log_probs
+    mask = mask[..., 1:]
+    per_token = per_token[:, -mask.size(1) :]
+    position = mask.cumsum(dim=1)
+    chosen_lengths, rejected_lengths = mask.sum(dim=1).long().chunk(2, dim=0)
+    shared = torch.minimum(chosen_lengths, rejected_lengths)
+    shared = torch.cat([shared, shared], dim=0)
+    values = {
+        "total": per_token.sum(dim=1),
+        "shared": (per_token * ((position > 0) & (position <= shared.unsqueeze(1)))).sum(dim=1),
+        "tail": (per_token * (position > shared.unsqueeze(1))).sum(dim=1),
+    }
+    found = {}
+    for part, both in values.items():
+        found[f"chosen_{part}"], found[f"rejected_{part}"] = both.chunk(2, dim=0)
+    return found
+
+
+def reference_columns(values: Mapping[str, torch.Tensor], ld_alpha: float | None) -> dict[str, torch.Tensor]:
+    """TRL's precomputed-reference columns from cached values (DPO's weigh the tail by `ld_alpha` if set)."""
+    if "ref_logps" in values:
+        return dict(values)
+    return {
+        f"ref_{side}_logps": values[f"{side}_total"]
+        if ld_alpha is None
+        else values[f"{side}_shared"] + ld_alpha * values[f"{side}_tail"]
+        for side in ("chosen", "rejected")
+    }
+
+
 class Worker:
-    """Runs trials one after another in one process, loading the shared inputs once."""
+    """Runs trials one after another in one process, loading the shared inputs once.
+
+    `setup_s` is the time spent on that one-off work (loading the model, tokenizer and evaluator; the first
+    evaluator use happens within a trial but is not counted in its time); `trials_run` counts trials run.
+    `reference_cache=False` makes fixed-reference trials run TRL's own reference pass in every step.
+    """
 
     def __init__(
         self,
@@ -126,7 +393,9 @@ class Worker:
         log: Callable[[str], None] = print,
         evaluator_factory: Callable[[Any, Any], Any] | None = None,
         train_dataset: datasets.Dataset | None = None,
+        reference_cache: bool = True,
     ):
+        started = time.perf_counter()
         self.recipe = recipe
         self.sweep_dir = Path(sweep_dir)
         self.device = device
@@ -145,6 +414,17 @@ class Worker:
         with _no_progress_bars():
             self.tokenizer = _load_tokenizer(recipe.model, tokenizer_path, same_repo=tokenizer is None)
             self.sft = _load_model(recipe.model, model_path).to(device).eval().requires_grad_(False)
+        self.shared = SharedTraining(cache_dir, self.tokenizer)
+        self.reference_cache = reference_cache
+        self._reference_identity = {
+            "model": recipe.model.model_dump(mode="json", exclude={"lora"}),
+            "path": model_path,
+            "files": _model_stamp(model_path),
+            "dtype": str(self.sft.dtype),
+            "device": torch.device(device).type,
+        }
+        self.trials_run = 0
+        self.setup_s = time.perf_counter() - started
 
     def pairs(self, variant: str | None = None) -> datasets.Dataset:
         """The training pairs of a data variant (loaded once per worker)."""
@@ -165,7 +445,9 @@ class Worker:
     def evaluator(self):
         """The evaluator (created on first use), or None when the objective is the training loss."""
         if self._evaluator is None and self._evaluator_factory is not None:
+            started = time.perf_counter()
             self._evaluator = self._evaluator_factory(self.sft, self.tokenizer)
+            self.setup_s += time.perf_counter() - started
         return self._evaluator
 
     def trial_dir(self, trial_id: str) -> Path:
@@ -183,7 +465,8 @@ class Worker:
         if folder.exists():
             shutil.rmtree(folder)
         method = get_method(spec.method)
-        started, clock = utc_now(), time.perf_counter()
+        self.trials_run += 1
+        started, clock, setup = utc_now(), time.perf_counter(), self.setup_s
         params = {**spec.to_json(), "trl_fields": method.trl_fields(spec.params), "attempt": attempt}
         write_json(folder / "params.json", params)
         outcome = _Outcome()
@@ -191,7 +474,7 @@ class Worker:
             self._train_and_evaluate(spec, method, folder, report, outcome)
         except KeyboardInterrupt:
             outcome.state, outcome.objective = "interrupted", None
-            self._write_metrics(spec, folder, outcome, started, clock, attempt)
+            self._write_metrics(spec, folder, outcome, started, clock + self.setup_s - setup, attempt)
             raise
         except Exception as error:  # a failed trial is a result, not a crash of the worker
             outcome.state, outcome.objective = "failed", None
@@ -201,8 +484,8 @@ class Worker:
         finally:
             shutil.rmtree(folder / SCRATCH, ignore_errors=True)
             _restore_forward(self.sft)
-            _free_memory()
-        return self._write_metrics(spec, folder, outcome, started, clock, attempt)
+            _free_memory(freeze=self.trials_run == 1)
+        return self._write_metrics(spec, folder, outcome, started, clock + self.setup_s - setup, attempt)
 
     def _train_and_evaluate(
         self,
@@ -228,12 +511,15 @@ class Worker:
         clock = time.perf_counter()
         callback = _TrialCallback(folder / "train_log.jsonl", self.recipe.eval.every_steps, quick, report)
         trainer = self._trainer(spec, method, policy, reference, folder / SCRATCH, callback)
+        reference_s = self._supply_reference(trainer, method) if reference is self.sft else None
         output = trainer.train()
         policy = trainer.model
         del trainer, reference
         _restore_forward(self.sft)
         _restore_forward(policy)
-        outcome.times["train"] = time.perf_counter() - clock
+        outcome.times["train"] = time.perf_counter() - clock - (reference_s or 0.0)
+        if reference_s is not None:
+            outcome.times["ref_logps"] = reference_s
         outcome.train = {
             "loss": callback.last_loss if callback.last_loss is not None else output.training_loss,
             "mean_loss": output.training_loss,
@@ -273,7 +559,7 @@ class Worker:
         extra = {"ref_model": reference} if method.reference != "none" else {}
         if self._lora is not None:
             extra["peft_config"] = self._lora
-        with _no_progress_bars():
+        with _no_progress_bars(), self.shared.serving():
             data = self.pairs(spec.variant)
             if method.data == "unpaired":
                 from trl import unpair_preference_dataset
@@ -281,7 +567,7 @@ class Worker:
                 # KTO reads batches in order (its KL term pairs neighbours), so desirable and undesirable
                 # examples are mixed here rather than by the sampler
                 data = unpair_preference_dataset(data).shuffle(seed=spec.seed)
-            trainer = load_object(method.trainer)(
+            trainer = shared_trainer_class(load_object(method.trainer))(
                 model=policy,
                 args=config,
                 train_dataset=data,
@@ -291,6 +577,32 @@ class Worker:
             )
         trainer.remove_callback(PrinterCallback)
         return trainer
+
+    def _supply_reference(self, trainer, method: Method) -> float | None:
+        """Give TRL the shared reference log-probabilities as precomputed columns, computing them when no
+        worker has yet; return the seconds spent computing (None when they came from the cache or are off)."""
+        key = getattr(trainer, "posweep_data_key", None)
+        if not self.reference_cache or key is None or trainer.precompute_ref_logps:  # TRL's own precompute
+            return None
+        args, computed = trainer.args, []
+
+        def compute() -> dict[str, torch.Tensor]:
+            started = time.perf_counter()
+            batch = REFERENCE_BATCH_FACTOR * args.per_device_train_batch_size
+            values = reference_logps(trainer, self.sft, batch, paired=method.data == "paired")
+            computed.append(time.perf_counter() - started)
+            return values
+
+        precision = {"bf16": args.bf16, "fp16": args.fp16}
+        key = self.shared.key("reference", data=key, reference=self._reference_identity, precision=precision)
+        values = self.shared.reference(key, compute)
+        data = trainer.train_dataset
+        for name, column in reference_columns(values, getattr(trainer, "ld_alpha", None)).items():
+            data = data.add_column(name, column.tolist())
+        trainer.train_dataset = data
+        trainer.precompute_ref_logps = True
+        trainer.ref_model = None
+        return computed[0] if computed else None
 
     def _evaluate(self, policy, folder: Path, outcome: _Outcome) -> None:
         """Evaluate the trained policy and set the objective (a pruned trial keeps its last quick value)."""
@@ -351,6 +663,12 @@ class Worker:
             "finished": utc_now(),
             "attempt": attempt,
             "train": outcome.train,
+            "worker": {
+                "pid": os.getpid(),
+                "trial": self.trials_run,
+                "setup_s": round(self.setup_s, 3),
+                "rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
+            },
             **outcome.metrics,
         }
         write_json(folder / "metrics.json", record)
@@ -479,8 +797,17 @@ def _restore_forward(model) -> None:
         vars(module).pop("_original_forward", None)
 
 
-def _free_memory() -> None:
+def _free_memory(freeze: bool = False) -> None:
+    """Free a finished trial's trainer, optimizer and activations; `freeze` what survives.
+
+    What survives a full collection after a worker's first trial lives as long as the worker (modules, the
+    shared model and caches); freezing it once keeps every later full collection (here and in accelerate, two
+    per trial) from walking those hundreds of thousands of objects again. (`gc.get_objects` leaves frozen
+    objects out until `gc.unfreeze`.)
+    """
     gc.collect()
+    if freeze:
+        gc.freeze()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 

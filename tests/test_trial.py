@@ -119,7 +119,7 @@ def test_trial_trains_and_writes_its_files(worker, method):
     assert params["trl_fields"]["beta"] == 0.5
     metrics = read_json(folder / "metrics.json")
     assert set(metrics) >= METRICS_KEYS
-    assert set(metrics["time_s"]) == {"load", "train", "generate", "judge", "kl", "total"}
+    assert set(metrics["time_s"]) - {"ref_logps"} == {"load", "train", "generate", "judge", "kl", "total"}
     assert metrics["time_s"]["total"] >= metrics["time_s"]["train"] > 0
     assert metrics["train"]["steps"] == 4
     assert metrics["objective"] == result.objective == metrics["train"]["loss"]
@@ -294,6 +294,7 @@ def test_keep_all_saves_every_trained_model(model_dir, tmp_path):
 
 def test_memory_is_released_between_trials(worker):
     def live(kind):
+        gc.unfreeze()  # the worker freezes what outlives its first trial; count everything
         gc.collect()
         return sum(isinstance(obj, kind) for obj in gc.get_objects())
 
