@@ -63,7 +63,7 @@ def main() -> None:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     sft = AutoModelForCausalLM.from_pretrained(recipe.model.path).to(device).eval().requires_grad_(False)
-    pairs = load_pairs(recipe.data.train, options.out / "cache")
+    pairs = load_pairs(recipe.data.train)
     evaluator = Evaluator(recipe, sft, tokenizer, options.out, device, log=lambda line: None)
     setup_s = time.perf_counter() - STARTED
 

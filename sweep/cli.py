@@ -237,7 +237,7 @@ def rm_train(
         max_samples=max_samples,
         columns=PairColumns(prompt=prompt, chosen=chosen, rejected=rejected),
     )
-    pairs = load_pairs(source, out.parent / ".cache", where="DATA")
+    pairs = load_pairs(source, where="DATA")
     summary = train_reward_model(
         pairs,
         model,
@@ -296,7 +296,7 @@ def data_stats(
 
     from sweep.datatools import dataset_stats, print_stats
 
-    stats = dataset_stats(_pair_source(data, split, prompt, chosen, rejected), model, Path(".cache"))
+    stats = dataset_stats(_pair_source(data, split, prompt, chosen, rejected), model)
     if as_json:
         typer.echo(json.dumps(stats))
     else:
@@ -328,7 +328,7 @@ def data_ppl_filter(
 
     rule = criterion(keep, max_ppl, max_ratio)
     source = _pair_source(data, split, prompt, chosen, rejected)
-    summary = filter_file(source, model, out, rule, batch_size, device, Path(".cache"))
+    summary = filter_file(source, model, out, rule, batch_size, device)
     typer.echo(
         f"kept {summary['kept']} of {summary['pairs']} pairs ({summary['kept_fraction']:.1%}): {out} "
         f"(summary {out}.summary.json, histogram {out}.ppl.png)"

@@ -46,11 +46,11 @@ def _read_local(path: Path) -> list[dict]:
         raise UserError(f"{path}: cannot read data: {str(error).splitlines()[0]}") from None
 
 
-def read_rows(source: Source, cache_dir: str | Path, where: str) -> list[dict]:
+def read_rows(source: Source, where: str) -> list[dict]:
     """All rows of a data source, as dicts."""
     from sweep import builtin
 
-    location = builtin.resolve(source.path, cache_dir) if builtin.is_builtin(source.path) else source.path
+    location = builtin.resolve(source.path) if builtin.is_builtin(source.path) else source.path
     path = Path(location).expanduser()
     if path.is_file():
         if path.suffix.lower() not in DATA_SUFFIXES:
@@ -87,9 +87,9 @@ def _check_value(value: Any, where: str, index: int) -> None:
         )
 
 
-def load_pair_rows(source: TrainData, cache_dir: str | Path, where: str = "data.train") -> list[dict]:
+def load_pair_rows(source: TrainData, where: str = "data.train") -> list[dict]:
     """Preference rows with keys prompt/chosen/rejected, validated, capped at max_samples."""
-    rows = read_rows(source, cache_dir, where)[: source.max_samples]
+    rows = read_rows(source, where)[: source.max_samples]
     if not rows:
         raise UserError(f"{where}: {source.path} has no rows")
     columns = source.columns
@@ -111,16 +111,16 @@ def load_pair_rows(source: TrainData, cache_dir: str | Path, where: str = "data.
     return pairs
 
 
-def load_pairs(source: TrainData, cache_dir: str | Path, where: str = "data.train"):
+def load_pairs(source: TrainData, where: str = "data.train"):
     """Preference pairs as a `datasets.Dataset` with columns prompt, chosen, rejected."""
     import datasets
 
-    return datasets.Dataset.from_list(load_pair_rows(source, cache_dir, where))
+    return datasets.Dataset.from_list(load_pair_rows(source, where))
 
 
-def load_eval_prompts(source: EvalData, cache_dir: str | Path, where: str = "data.eval") -> list[EvalPrompt]:
+def load_eval_prompts(source: EvalData, where: str = "data.eval") -> list[EvalPrompt]:
     """The evaluation prompts (capped at max_prompts), with reference responses when configured."""
-    rows = read_rows(source, cache_dir, where)[: source.max_prompts]
+    rows = read_rows(source, where)[: source.max_prompts]
     if not rows:
         raise UserError(f"{where}: {source.path} has no rows")
     columns = source.columns

@@ -139,14 +139,14 @@ def length_stats(rows: Sequence[dict], tokenizer=None) -> dict[str, Any]:
     }
 
 
-def load_tokenizer(name: str, cache_dir: str | Path):
+def load_tokenizer(name: str):
     """A model's tokenizer only (directory, Hub id or builtin:NAME; no remote code), with a pad token."""
     from transformers import AutoTokenizer
 
     from sweep.builtin import resolve
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(resolve(name, cache_dir), trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(resolve(name), trust_remote_code=False)
     except (OSError, ValueError) as error:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(f"cannot load the tokenizer of {name!r}: {message}") from None
@@ -157,10 +157,10 @@ def load_tokenizer(name: str, cache_dir: str | Path):
     return tokenizer
 
 
-def dataset_stats(source: TrainData, model: str | None, cache_dir: str | Path) -> dict[str, Any]:
+def dataset_stats(source: TrainData, model: str | None) -> dict[str, Any]:
     """`length_stats` of a data source (tokens too when a model's tokenizer is named), with its origin."""
-    rows = load_pair_rows(source, cache_dir, where="DATA")
-    tokenizer = load_tokenizer(model, cache_dir) if model else None
+    rows = load_pair_rows(source, where="DATA")
+    tokenizer = load_tokenizer(model) if model else None
     return {"data": source.path, "split": source.split, "model": model, **length_stats(rows, tokenizer)}
 
 
@@ -325,11 +325,11 @@ def select_pairs(
 # --------------------------------------------------------------------------- filtering a file
 
 
-def local_file(source: TrainData, cache_dir: str | Path) -> Path | None:
+def local_file(source: TrainData) -> Path | None:
     """The local data file behind a source (builtin references resolved), or None for a Hub dataset."""
     from sweep.builtin import is_builtin, resolve
 
-    location = resolve(source.path, cache_dir) if is_builtin(source.path) else source.path
+    location = resolve(source.path) if is_builtin(source.path) else source.path
     path = Path(location).expanduser()
     return path if path.is_file() else None
 
@@ -409,7 +409,7 @@ def histogram_png(before: Sequence[float], after: Sequence[float], title: str) -
     return buffer.getvalue()
 
 
-def load_causal_lm(name: str, cache_dir: str | Path, device: str | Any):
+def load_causal_lm(name: str, device: str | Any):
     """The target model (directory, Hub id or builtin:NAME; no remote code) on `device`, in eval mode."""
     from transformers import AutoModelForCausalLM
 
@@ -419,7 +419,7 @@ def load_causal_lm(name: str, cache_dir: str | Path, device: str | Any):
     target = resolve_device(device)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            resolve(name, cache_dir), dtype=judge_dtype("auto", target), trust_remote_code=False
+            resolve(name), dtype=judge_dtype("auto", target), trust_remote_code=False
         )
     except (OSError, ValueError) as error:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -434,14 +434,13 @@ def filter_file(
     rule: dict,
     batch_size: int = 8,
     device: str = "auto",
-    cache_dir: str | Path = ".cache",
 ) -> dict[str, Any]:
     """Perplexity-filter preference data for `model_name`; write the subset, its summary and histogram."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     out = Path(out)
-    source_file = local_file(source, cache_dir)
+    source_file = local_file(source)
     suffix = ".jsonl" if source_file is None else source_file.suffix.lower()
     if out.suffix.lower() != suffix:
         origin = "a Hub dataset" if source_file is None else f"the input ({source_file.name})"
@@ -451,9 +450,9 @@ def filter_file(
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     started = perf_counter()
-    pairs = load_pair_rows(source, cache_dir, where="DATA")
-    tokenizer = load_tokenizer(model_name, cache_dir)
-    model = load_causal_lm(model_name, cache_dir, device)
+    pairs = load_pair_rows(source, where="DATA")
+    tokenizer = load_tokenizer(model_name)
+    model = load_causal_lm(model_name, device)
     columns = (TextColumn("perplexity"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
         task = bar.add_task("perplexity", total=2 * len(pairs))
@@ -462,7 +461,7 @@ def filter_file(
         )
     kept = select_pairs(perplexities, **rule)
     if source_file is None:
-        rows = read_rows(source, cache_dir, where="DATA")
+        rows = read_rows(source, where="DATA")
         write_jsonl(out, [rows[i] for i in kept])
     else:
         write_subset(source_file, kept, out)

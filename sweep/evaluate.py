@@ -31,7 +31,6 @@ response when the evaluation samples at temperature 1, else the prompt's KL samp
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import inspect
 import json
@@ -48,7 +47,7 @@ import torch
 
 from sweep import stats
 from sweep.errors import UserError
-from sweep.io import read_json, utc_now, write_json, write_jsonl
+from sweep.io import file_lock, read_json, utc_now, write_json, write_jsonl
 from sweep.judges import Judge, load_judges
 from sweep.recipe import EvalSpec, Recipe
 
@@ -283,17 +282,6 @@ def response_metrics(lengths: Sequence[int], texts: Sequence[str], max_new_token
     return {**stats.length_stats(lengths, max_new_tokens), "words_mean": float(np.mean(words))}
 
 
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 class Evaluator:
     """Evaluates policies against the SFT model on the evaluation prompts; one per worker process."""
 
@@ -305,21 +293,19 @@ class Evaluator:
         sweep_dir: str | Path,
         device=None,
         log: Callable[[str], None] = print,
-        cache_dir: str | Path | None = None,
     ):
         from sweep.data import load_eval_prompts
 
         self.recipe, self.settings = recipe, recipe.eval
         self.sft_model, self.tokenizer, self.log = sft_model, tokenizer, log
         self.sweep_dir = Path(sweep_dir)
-        cache_dir = Path(cache_dir) if cache_dir is not None else self.sweep_dir / "cache"
-        self.items = load_eval_prompts(recipe.data.eval, cache_dir)
+        self.items = load_eval_prompts(recipe.data.eval)
         self.prompt_ids = [encode_prompt(tokenizer, item.prompt) for item in self.items]
         self.has_references = self._check_references()
         self.eos_ids = stop_ids(sft_model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
         self.decoding = Decoding.of(self.settings)
-        self.judges: list[Judge] = load_judges(recipe.judges, cache_dir, device)
+        self.judges: list[Judge] = load_judges(recipe.judges, device)
         self.known_scores: dict[str, dict[tuple[int, str], float]] = {}
         self.baseline = self._baseline()
         shape = (len(self.items), self.settings.samples_per_prompt)
@@ -412,7 +398,7 @@ class Evaluator:
         """The cached SFT baseline when its key matches, else computed and cached (one worker at a time)."""
         path = self.sweep_dir / "cache" / BASELINE_FILE
         key = self._baseline_key()
-        with _file_lock(path.with_name(BASELINE_FILE + ".lock")):
+        with file_lock(path.with_name(BASELINE_FILE + ".lock")):
             try:
                 cached = read_json(path)
             except (OSError, ValueError):

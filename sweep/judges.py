@@ -16,7 +16,6 @@ import numbers
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 
@@ -122,15 +121,15 @@ def sequence_ids(tokenizer, prompt: str | list[dict], response: str, max_length:
 class RewardModelJudge(Judge):
     """A sequence classifier with one output, on its own device and dtype."""
 
-    def __init__(self, spec: JudgeSpec, primary: bool, cache_dir: str | Path, device=None):
+    def __init__(self, spec: JudgeSpec, primary: bool, device=None):
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
         from sweep.builtin import resolve
 
         super().__init__(spec.name, primary)
         self.spec = spec
-        path = resolve(spec.reward_model, cache_dir)
-        tokenizer_path = resolve(spec.tokenizer, cache_dir) if spec.tokenizer else path
+        path = resolve(spec.reward_model)
+        tokenizer_path = resolve(spec.tokenizer) if spec.tokenizer else path
         options = {"trust_remote_code": spec.trust_remote_code}
         self.device = judge_device(spec.device, device)
         try:
@@ -171,10 +170,10 @@ class RewardModelJudge(Judge):
         return score_ids(self.model, self.pad_id, sequences, self.spec.batch_size)
 
 
-def load_judges(specs: Sequence[JudgeSpec], cache_dir: str | Path, device=None) -> list[Judge]:
+def load_judges(specs: Sequence[JudgeSpec], device=None) -> list[Judge]:
     """Load every judge once; the first is primary. `device` is where `device: auto` judges go."""
     return [
-        RewardModelJudge(spec, index == 0, cache_dir, device)
+        RewardModelJudge(spec, index == 0, device)
         if spec.reward_model is not None
         else CallableJudge(spec, index == 0)
         for index, spec in enumerate(specs)

@@ -29,7 +29,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from sweep.errors import UserError
-from sweep.io import read_json, utc_now, write_json, write_text
+from sweep.io import file_lock, read_json, utc_now, write_json, write_text
 from sweep.plan import Plan, TrialSpec, plan_recipe, sampled_trial_id
 from sweep.recipe import Distribution, Recipe
 
@@ -168,18 +168,6 @@ def _versions() -> dict[str, str]:
     return found
 
 
-@contextlib.contextmanager
-def folder_lock(sweep_dir: Path) -> Iterator[None]:
-    """An exclusive lock on the sweep folder (serializes enqueueing between processes)."""
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    with (sweep_dir / ".lock").open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 # --------------------------------------------------------------------------- the sweep folder
 
 
@@ -232,7 +220,7 @@ def open_sweep(
     root = Path(results if results is not None else recipe.execution.results_dir)
     folder = _choose_folder(recipe, root, plan, new)
     url = storage_url(storage or recipe.execution.storage)
-    with folder_lock(folder):
+    with file_lock(folder / ".lock"):
         study = optuna.create_study(
             storage=open_storage(url, folder),
             study_name=folder.name,
@@ -341,7 +329,7 @@ def queue_lock(sweep: Sweep) -> Iterator[None]:
     """
     engine = getattr(getattr(sweep.storage, "_backend", sweep.storage), "engine", None)
     if engine is None or engine.dialect.name != "postgresql":
-        with folder_lock(sweep.dir):
+        with file_lock(sweep.dir / ".lock"):
             yield
         return
     from sqlalchemy import text
@@ -526,6 +514,8 @@ class Event:
     seconds: float
     reason: str | None = None
     attempt: int = 1
+    trial_s: float = 0.0
+    setup_s: float = 0.0
 
 
 def worker_loop(
@@ -534,9 +524,17 @@ def worker_loop(
     max_trials: int | None,
     on_event: Callable[[Event], None],
     log: Callable[[str], None],
+    setup_s: float = 0.0,
 ) -> int:
-    """Claim and run trials until none is left (or max_trials ran); return how many ran."""
+    """Claim and run trials until none is left (or max_trials ran); return how many ran.
+
+    `setup_s` (time this process already spent importing) and the worker's own setup are reported
+    with the first finished trial, so the sweep can tell orchestration overhead from work.
+    """
+    importing = time.perf_counter()
     from sweep.trial import Worker
+
+    setup_s += time.perf_counter() - importing
 
     recipe, folder = sweep.recipe, sweep.dir
 
@@ -587,8 +585,11 @@ def worker_loop(
             result.objective,
         )
         seconds = time.perf_counter() - started
+        trial_s = (result.metrics.get("time_s") or {}).get("total", seconds)
+        setup = setup_s + worker.setup_s if ran == 0 else 0.0
+        attempt = attrs.get("attempt", 1)
         on_event(
-            Event(spec.trial_id, result.state, result.objective, seconds, reason, attrs.get("attempt", 1))
+            Event(spec.trial_id, result.state, result.objective, seconds, reason, attempt, trial_s, setup)
         )
         ran += 1
     return ran
@@ -633,11 +634,18 @@ def _worker_process(
     from sweep.recipe import Recipe
 
     recipe = Recipe.model_validate(yaml.safe_load(recipe_yaml))
+    importing = time.perf_counter()
     _configure_process(env)
+    setup_s = time.perf_counter() - importing
     sweep = open_sweep_folder(recipe, Path(results), storage)
     with contextlib.suppress(KeyboardInterrupt):
         worker_loop(
-            sweep, env["POSWEEP_DEVICE"], max_trials, queue.put, lambda line: queue.put(("log", line))
+            sweep,
+            env["POSWEEP_DEVICE"],
+            max_trials,
+            queue.put,
+            lambda line: queue.put(("log", line)),
+            setup_s,
         )
 
 
@@ -734,6 +742,7 @@ class Progress:
         self.quiet = quiet or not self.console.is_terminal
         self.total, self.done = total, done
         self.seen: set[str] = set()
+        self.trial_s = self.setup_s = 0.0
         self._bar = None
         if not self.quiet:
             from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
@@ -756,6 +765,8 @@ class Progress:
         self.console.print(line, markup=False, soft_wrap=True)
 
     def __call__(self, event: Event) -> None:
+        self.trial_s += event.trial_s
+        self.setup_s += event.setup_s
         if event.trial_id not in self.seen:
             self.seen.add(event.trial_id)
             self.done += 1
@@ -799,8 +810,10 @@ def run_sweep(
     try:
         if len(envs) == 1:
             os.environ.update(envs[0])
+            importing = time.perf_counter()
             _configure_process(envs[0])
-            worker_loop(sweep, envs[0]["POSWEEP_DEVICE"], max_trials, progress, progress.log)
+            setup_s = time.perf_counter() - importing
+            worker_loop(sweep, envs[0]["POSWEEP_DEVICE"], max_trials, progress, progress.log, setup_s)
         else:
             crashed = _run_processes(sweep, envs, storage or recipe.execution.storage, max_trials, progress)
     except KeyboardInterrupt:
@@ -808,7 +821,16 @@ def run_sweep(
     finally:
         progress.close()
     summary = summarize(sweep.dir)
-    write_sweep_json(sweep, wall_s=round(time.perf_counter() - started, 3))
+    wall = time.perf_counter() - started
+    overhead = max(0.0, wall - (progress.trial_s + progress.setup_s) / len(envs))
+    write_sweep_json(
+        sweep,
+        wall_s=round(wall, 3),
+        trials_s=round(progress.trial_s, 3),
+        setup_s=round(progress.setup_s, 3),
+        overhead_s=round(overhead, 3),
+        overhead_fraction=round(overhead / wall, 4) if wall else None,
+    )
     progress.log(summary)
     if interrupted:
         progress.log("interrupted: finished trials are saved; run the same command again to resume")

@@ -48,8 +48,7 @@ from transformers.utils import logging as transformers_logging
 from sweep.builtin import resolve
 from sweep.data import load_pairs
 from sweep.errors import UserError
-from sweep.evaluate import _file_lock
-from sweep.io import append_jsonl, read_json, utc_now, write_bytes, write_json, write_text
+from sweep.io import append_jsonl, file_lock, read_json, utc_now, write_bytes, write_json, write_text
 from sweep.methods import Method, get_method
 from sweep.plan import TrialSpec
 from sweep.recipe import LoraSpec, ModelSpec, Recipe, TrainSpec
@@ -172,7 +171,7 @@ class SharedTraining:
         """The training set TRL prepared for `key`: from memory, from the cache, or prepared and stored."""
         if key not in self._prepared:
             folder = self.cache_dir / "prepared" / key
-            with _file_lock(folder.with_suffix(".lock")):
+            with file_lock(folder.with_suffix(".lock")):
                 if not folder.is_dir():
                     _save_dataset(prepare(), folder)
                 self._prepared[key] = datasets.load_from_disk(str(folder))
@@ -182,7 +181,7 @@ class SharedTraining:
         """Reference log-probabilities for `key`: from memory, from the cache, or computed now and stored."""
         if key not in self._references:
             path = self.cache_dir / "reference" / f"{key}.pt"
-            with _file_lock(path.with_suffix(".lock")):
+            with file_lock(path.with_suffix(".lock")):
                 if path.is_file():
                     values = torch.load(path, weights_only=True)
                 else:
@@ -404,12 +403,16 @@ class Worker:
         self._evaluator = None
         self._lora = _lora_config(recipe.model.lora) if recipe.model.lora else None
         cache_dir = self.sweep_dir / "cache"
-        model_path = resolve(recipe.model.path, cache_dir, log=log)
+        model_path = resolve(recipe.model.path, log=log)
         tokenizer = recipe.model.tokenizer
-        tokenizer_path = resolve(tokenizer, cache_dir, log=log) if tokenizer else model_path
-        self._cache_dir = cache_dir
-        self._pairs: dict[str | None, datasets.Dataset] = (
-            {} if train_dataset is None else {None: train_dataset}
+        tokenizer_path = resolve(tokenizer, log=log) if tokenizer else model_path
+        self._pairs = (
+            {None: train_dataset}
+            if train_dataset is not None
+            else {
+                variant: load_pairs(source, where=f"data.train.{variant}" if variant else "data.train")
+                for variant, source in recipe.data.variants.items()
+            }
         )
         with _no_progress_bars():
             self.tokenizer = _load_tokenizer(recipe.model, tokenizer_path, same_repo=tokenizer is None)
@@ -427,13 +430,7 @@ class Worker:
         self.setup_s = time.perf_counter() - started
 
     def pairs(self, variant: str | None = None) -> datasets.Dataset:
-        """The training pairs of a data variant (loaded once per worker)."""
-        if variant not in self._pairs:
-            self._pairs[variant] = load_pairs(
-                self.recipe.data.variants[variant],
-                self._cache_dir,
-                where=f"data.train.{variant}" if variant else "data.train",
-            )
+        """The training pairs of a data variant (all loaded when the worker starts)."""
         return self._pairs[variant]
 
     @property

@@ -1,6 +1,7 @@
 """Shared test setup: an offline environment, and recipes written to a temporary folder."""
 
 import os
+import tempfile
 
 import pytest
 import yaml
@@ -12,6 +13,7 @@ os.environ.update(
     TOKENIZERS_PARALLELISM="false",
     TRL_EXPERIMENTAL_SILENCE="1",
 )
+os.environ.setdefault("POSWEEP_CACHE", tempfile.mkdtemp(prefix="posweep-test-cache-"))
 
 
 @pytest.fixture

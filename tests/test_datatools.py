@@ -260,7 +260,7 @@ def test_filter_keeps_what_a_direct_computation_keeps(model, tokenizer, model_di
     source = write_rows(tmp_path / "pairs.jsonl", PLAIN_ROWS)
     out = tmp_path / "out" / "kept.jsonl"
     summary = filter_file(TrainData(path=str(source)), str(model_dir), out, rule, batch_size=4, device="cpu")
-    assert [row["id"] for row in read_rows(Source(path=str(out)), tmp_path, "out")] == expected
+    assert [row["id"] for row in read_rows(Source(path=str(out)), "out")] == expected
     assert (summary["pairs"], summary["kept"], summary["criterion"]) == (10, len(expected), rule)
     assert json.loads((tmp_path / "out" / "kept.jsonl.summary.json").read_text()) == summary
     png = (tmp_path / "out" / "kept.jsonl.ppl.png").read_bytes()
@@ -280,8 +280,8 @@ def test_filter_round_trips_the_input_format(model, tokenizer, model_dir, tmp_pa
     out = tmp_path / f"kept{suffix}"
     filter_file(TrainData(path=str(source)), str(model_dir), out, {"keep": 0.5}, batch_size=8, device="cpu")
     kept = expected_kept(model, tokenizer, rows, {"keep": 0.5})
-    original = read_rows(Source(path=str(source)), tmp_path, "in")
-    assert read_rows(Source(path=str(out)), tmp_path, "out") == [original[i] for i in kept]
+    original = read_rows(Source(path=str(source)), "in")
+    assert read_rows(Source(path=str(out)), "out") == [original[i] for i in kept]
     if suffix in (".jsonl", ".csv"):
         lines = source.read_text().split("\n")[:-1]
         header = lines[:1] if suffix == ".csv" else []

@@ -61,7 +61,7 @@ def unpadded_scores(model, tokenizer, texts, add_special_tokens=True):
 
 def test_reward_model_scores_prompt_response_eos_in_padded_batches(tmp_path):
     path, model, tokenizer = reward_model_dir(tmp_path)
-    (judge,) = load_judges([JudgeSpec(reward_model=str(path), batch_size=2)], tmp_path, "cpu")
+    (judge,) = load_judges([JudgeSpec(reward_model=str(path), batch_size=2)], "cpu")
     assert (judge.name, judge.primary, judge.model.dtype, judge.device.type) == (
         "rm",
         True,
@@ -76,7 +76,7 @@ def test_reward_model_scores_prompt_response_eos_in_padded_batches(tmp_path):
 
 def test_reward_model_uses_its_chat_template_for_plain_and_conversational_prompts(tmp_path):
     path, model, tokenizer = reward_model_dir(tmp_path, CHAT_TEMPLATE)
-    (judge,) = load_judges([JudgeSpec(reward_model=str(path), batch_size=3)], tmp_path, "cpu")
+    (judge,) = load_judges([JudgeSpec(reward_model=str(path), batch_size=3)], "cpu")
     conversation = [
         {"role": "user", "content": "a b :"},
         {"role": "assistant", "content": "c"},
@@ -91,14 +91,14 @@ def test_reward_model_uses_its_chat_template_for_plain_and_conversational_prompt
 
 def test_reward_model_truncates_to_max_length(tmp_path):
     path, model, tokenizer = reward_model_dir(tmp_path)
-    (judge,) = load_judges([JudgeSpec(reward_model=str(path), max_length=4)], tmp_path, "cpu")
+    (judge,) = load_judges([JudgeSpec(reward_model=str(path), max_length=4)], "cpu")
     (score,) = judge.score(["a b :"], ["c d a b c d"])
     assert score == pytest.approx(unpadded_scores(model, tokenizer, ["a b : c"])[0], abs=1e-5)
 
 
 def test_reward_model_without_pad_token_pads_with_eos(tmp_path):
     path, model, tokenizer = reward_model_dir(tmp_path, pad=False)
-    (judge,) = load_judges([JudgeSpec(reward_model=str(path), batch_size=3)], tmp_path, "cpu")
+    (judge,) = load_judges([JudgeSpec(reward_model=str(path), batch_size=3)], "cpu")
     assert judge.pad_id == tokenizer.eos_token_id
     assert judge.score(PROMPTS, RESPONSES) == pytest.approx(
         unpadded_scores(model, tokenizer, [p + r for p, r in zip(PROMPTS, RESPONSES)]), abs=1e-5
@@ -108,15 +108,15 @@ def test_reward_model_without_pad_token_pads_with_eos(tmp_path):
 def test_reward_model_needs_a_single_logit(tmp_path):
     path, _, _ = reward_model_dir(tmp_path, num_labels=2)
     with pytest.raises(UserError, match="num_labels=2"):
-        load_judges([JudgeSpec(reward_model=str(path))], tmp_path, "cpu")
+        load_judges([JudgeSpec(reward_model=str(path))], "cpu")
     with pytest.raises(UserError, match="cannot load reward model"):
-        load_judges([JudgeSpec(reward_model=str(tmp_path / "missing"))], tmp_path, "cpu")
+        load_judges([JudgeSpec(reward_model=str(tmp_path / "missing"))], "cpu")
 
 
 def test_callable_and_reward_model_judges_share_one_interface(tmp_path, judge_module):
     path, _, _ = reward_model_dir(tmp_path)
     specs = [JudgeSpec(callable=f"{judge_module}:length"), JudgeSpec(name="gold", reward_model=str(path))]
-    first, second = load_judges(specs, tmp_path, "cpu")
+    first, second = load_judges(specs, "cpu")
     assert (first.name, first.primary, second.name, second.primary) == ("length", True, "gold", False)
     assert first.score(PROMPTS, RESPONSES) == [2.0, 1.0, 5.0]
     assert len(second.score(PROMPTS, RESPONSES)) == 3
@@ -133,7 +133,7 @@ def test_callable_and_reward_model_judges_share_one_interface(tmp_path, judge_mo
 )
 def test_callable_judge_import_errors(judge_module, tmp_path, function, message):
     with pytest.raises(UserError, match=message):
-        load_judges([JudgeSpec(callable=function.format(module=judge_module))], tmp_path)
+        load_judges([JudgeSpec(callable=function.format(module=judge_module))])
 
 
 @pytest.mark.parametrize(
@@ -145,6 +145,6 @@ def test_callable_judge_import_errors(judge_module, tmp_path, function, message)
     ],
 )
 def test_callable_judge_output_is_checked(judge_module, tmp_path, function, message):
-    (judge,) = load_judges([JudgeSpec(callable=f"{judge_module}:{function}")], tmp_path)
+    (judge,) = load_judges([JudgeSpec(callable=f"{judge_module}:{function}")])
     with pytest.raises(UserError, match=message):
         judge.score(PROMPTS, RESPONSES)

@@ -22,7 +22,6 @@ renamed into place when complete: concurrent processes build it once, an interru
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import random
@@ -39,7 +38,7 @@ from pathlib import Path
 
 from sweep import __version__
 from sweep.builtin import toy
-from sweep.io import read_json, utc_now, write_json, write_jsonl
+from sweep.io import file_lock, read_json, utc_now, write_json, write_jsonl
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<bos>", "eos_token": "<eos>", "unk_token": "<unk>"}
 SOURCES = ("sweep.builtin.toy", "sweep.builtin.build", "sweep.rm")
@@ -113,7 +112,7 @@ def ensure_built(
     if target.is_dir():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(target.with_suffix(".lock")):
+    with file_lock(target.with_suffix(".lock")):
         if target.is_dir():  # another process built it while we waited for the lock
             return target
         log(
@@ -129,16 +128,6 @@ def ensure_built(
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return target
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager

@@ -31,11 +31,14 @@ pre { background: #f6f8fa; padding: .8rem; overflow-x: auto; font-size: .8rem; }
 def _progress_section(progress: list[Progress]) -> str:
     rows = "".join(
         f"<tr><td>{escape(p.sweep)}</td><td>{p.text}</td><td>{p.running}</td>"
-        f"<td>{'still running (or stopped early)' if p.still_running else 'finished'}</td></tr>"
+        f"<td>{'still running (or stopped early)' if p.still_running else 'finished'}</td>"
+        f"<td>{'-' if p.overhead_fraction is None else f'{p.overhead_fraction:.1%}'}</td></tr>"
         for p in progress
     )
     table = (
-        f"<table><tr><th>sweep</th><th>done/planned</th><th>running</th><th>status</th></tr>{rows}</table>"
+        "<table><tr><th>sweep</th><th>done/planned</th><th>running</th><th>status</th>"
+        "<th title='wall time of the last posweep run not spent training, evaluating or loading'>"
+        f"orchestration overhead</th></tr>{rows}</table>"
     )
     unfinished = [p for p in progress if p.still_running]
     if not unfinished:

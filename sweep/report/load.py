@@ -203,6 +203,7 @@ class Progress:
     finished: int
     running: int
     planned: int
+    overhead_fraction: float | None = None
 
     @property
     def still_running(self) -> bool:
@@ -220,4 +221,5 @@ def sweep_progress(sweep: SweepInfo, trials: pd.DataFrame) -> Progress:
     states = trials.loc[trials["sweep"] == sweep.name, "state"]
     running = int((states == RUNNING).sum())
     finished = len(states) - running
-    return Progress(sweep.name, finished, running, max(sweep.planned, len(states)))
+    overhead = sweep.meta.get("overhead_fraction")
+    return Progress(sweep.name, finished, running, max(sweep.planned, len(states)), overhead)
