@@ -32,6 +32,8 @@ from sweep.errors import UserError
 from sweep.io import utc_now, write_json
 
 SUMMARY_FILE = "posweep_rm.json"
+QUIET_ARGS = {"logging_steps": 0.2, "save_strategy": "no", "report_to": "none", "disable_tqdm": True}
+"""TRL arguments for a training run that logs through `quiet_trainer` and saves nothing on its own."""
 
 
 class ProgressLog(TrainerCallback):
@@ -174,10 +176,7 @@ def train_reward_model(
             activation_checkpointing=on_gpu,
             dataloader_pin_memory=on_gpu,
             trust_remote_code=trust_remote_code,
-            logging_steps=0.2,
-            save_strategy="no",
-            report_to="none",
-            disable_tqdm=True,
+            **QUIET_ARGS,
         )
         log(f"training a reward model from {base_model} on {len(split['train'])} pairs")
         trainer = RewardTrainer(

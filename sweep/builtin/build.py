@@ -206,7 +206,7 @@ def train_sft(
     from transformers import LlamaConfig, LlamaForCausalLM
     from trl import SFTConfig, SFTTrainer
 
-    from sweep.rm import quiet_trainer
+    from sweep.rm import QUIET_ARGS, quiet_trainer
 
     torch.manual_seed(settings.task.seed)
     config = LlamaConfig(
@@ -234,10 +234,7 @@ def train_sft(
         bf16=False,
         activation_checkpointing=False,
         dataloader_pin_memory=False,
-        logging_steps=0.2,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
+        **QUIET_ARGS,
     )
     log(f"training the SFT policy on {len(rows)} demonstrations")
     trainer = SFTTrainer(
