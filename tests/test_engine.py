@@ -233,11 +233,12 @@ def test_a_changed_plan_is_refused_unless_new(inputs, tmp_path):
 
 
 def _wait_for_running_trial(sweep: Path, process: subprocess.Popen, timeout: float = 120) -> None:
-    """Block until a trial folder has params.json but no metrics.json (a trial is mid-flight)."""
+    """Block until the first trial is mid-flight (params.json written, no metrics.json anywhere yet)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        running = [p for p in sweep.glob("trials/*/params.json") if not (p.parent / "metrics.json").exists()]
-        if running and (sweep / "cache" / "sft_baseline.json").exists():
+        started = list(sweep.glob("trials/*/params.json"))
+        finished = list(sweep.glob("trials/*/metrics.json"))
+        if started and not finished:  # the first trial is mid-flight: the rest of the sweep is still ahead
             return
         assert process.poll() is None, "posweep run ended before a trial started"
         time.sleep(0.05)
@@ -256,8 +257,12 @@ def _start(recipe: Path, results: Path) -> subprocess.Popen:
 
 @pytest.mark.parametrize("how", ["kill", "ctrl-c"])
 def test_killed_or_interrupted_sweep_completes_on_rerun_exactly_once(inputs, tmp_path, how):
-    methods = {"dpo": {"beta": [0.1, 0.2], "learning_rate": [1e-3]}, "ipo": GRID["ipo"]}
-    recipe = write_recipe(inputs, "killed", methods, train={"max_steps": 6, "max_length": 48})
+    methods = {
+        "dpo": {"beta": [0.1, 0.2, 0.3], "learning_rate": [1e-3]},
+        "ipo": GRID["ipo"],
+        "ln-dpo": GRID["ln-dpo"],
+    }
+    recipe = write_recipe(inputs, "killed", methods, train={"max_steps": 20, "max_length": 48})
     sweep = tmp_path / "killed"
     process = _start(recipe, tmp_path)
     _wait_for_running_trial(sweep, process)
