@@ -24,7 +24,7 @@ demo: install
 	$(BIN)/posweep report results/tiny
 
 bench: install
-	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/run.py --repeats 3
 
 lint: install
 	$(BIN)/ruff check sweep tests benchmarks
