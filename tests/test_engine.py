@@ -246,12 +246,16 @@ def _wait_for_running_trial(sweep: Path, process: subprocess.Popen, timeout: flo
 
 
 def _start(recipe: Path, results: Path) -> subprocess.Popen:
+    """`posweep run` as a terminal starts it: SIGINT at its default even if this test runs in the
+    background (a shell without job control starts background jobs with SIGINT ignored, and Python
+    installs no KeyboardInterrupt handler when it starts with SIGINT ignored)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
         [sys.executable, "-m", "sweep", "run", str(recipe), "--results", str(results), "-q"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
