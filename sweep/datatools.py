@@ -141,20 +141,10 @@ def length_stats(rows: Sequence[dict], tokenizer=None) -> dict[str, Any]:
 
 def load_tokenizer(name: str):
     """A model's tokenizer only (directory, Hub id or builtin:NAME; no remote code), with a pad token."""
-    from transformers import AutoTokenizer
-
+    from sweep import rm
     from sweep.builtin import resolve
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(resolve(name), trust_remote_code=False)
-    except (OSError, ValueError) as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"cannot load the tokenizer of {name!r}: {message}") from None
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise UserError(f"the tokenizer of {name!r} has neither a pad token nor an eos token")
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+    return rm.load_tokenizer(resolve(name))
 
 
 def dataset_stats(source: TrainData, model: str | None) -> dict[str, Any]:

@@ -106,7 +106,8 @@ def _check_pairs(pairs, eval_fraction: float) -> int:
     return n_heldout
 
 
-def _load_tokenizer(name: str, trust_remote_code: bool):
+def load_tokenizer(name: str, trust_remote_code: bool = False):
+    """A tokenizer (directory or Hub id) with a pad token (eos if it has none); UserError if it fails."""
     from transformers import AutoTokenizer
 
     try:
@@ -116,7 +117,7 @@ def _load_tokenizer(name: str, trust_remote_code: bool):
         raise UserError(f"cannot load the tokenizer of {name!r}: {reason}") from None
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
-            raise UserError(f"tokenizer {name} has neither a pad token nor an eos token")
+            raise UserError(f"the tokenizer of {name!r} has neither a pad token nor an eos token")
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
@@ -153,7 +154,7 @@ def train_reward_model(
     started, created = time.perf_counter(), utc_now()
     out_dir = Path(out_dir)
     n_heldout = _check_pairs(pairs, eval_fraction)
-    processing_class = _load_tokenizer(tokenizer or base_model, trust_remote_code)
+    processing_class = load_tokenizer(tokenizer or base_model, trust_remote_code)
     split = pairs.train_test_split(test_size=n_heldout, seed=seed)
     heldout = [
         [sequence_ids(processing_class, row["prompt"], row[side]) for side in ("chosen", "rejected")]
