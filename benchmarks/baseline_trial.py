@@ -40,13 +40,14 @@ def main() -> None:
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, set_seed
 
-    from sweep.data import load_pairs
-    from sweep.evaluate import Evaluator
+    from sweep.evaluate.evaluator import Evaluator
+    from sweep.hf.data import load_pairs
+    from sweep.hf.loading import load_object
     from sweep.io import write_json
-    from sweep.methods import get_method
-    from sweep.plan import plan_recipe
-    from sweep.recipe import load_recipe
-    from sweep.trial import load_object, trl_config
+    from sweep.spec.methods import get_method
+    from sweep.spec.plan import plan_recipe
+    from sweep.spec.validate import load_recipe
+    from sweep.train.config import trl_config
 
     transformers.logging.set_verbosity_error()
     datasets.disable_progress_bars()

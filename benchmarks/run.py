@@ -46,7 +46,9 @@ GRID = {
 GRID_SIZE = sum(len(list(itertools.product(*space.values()))) for space in GRID.values())
 COMPARED = ("objective", "kl_to_sft", "length_mean")
 TARGETS = {"ratio": 0.40, "overhead": 0.10, "rss_growth": 1.10}
-STARTUP_IMPORTS = "import torch, transformers, datasets, optuna, sweep.cli, sweep.study, sweep.trial"
+STARTUP_IMPORTS = (
+    "import torch, transformers, datasets, optuna, sweep.cli, sweep.engine.workers, sweep.train.trial"
+)
 """What a `posweep run` process imports before its worker loads anything (timed alone, in a fresh process)."""
 MAXRSS_UNIT = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is in bytes on macOS, KiB on Linux
 
@@ -119,8 +121,8 @@ def read_trials(folder: Path) -> dict[str, dict]:
 
 def trial_ids(recipe: Path) -> list[str]:
     """The recipe's trial ids, in plan order."""
-    from sweep.plan import plan_recipe
-    from sweep.recipe import load_recipe
+    from sweep.spec.plan import plan_recipe
+    from sweep.spec.validate import load_recipe
 
     return [spec.trial_id for spec in plan_recipe(load_recipe(recipe)).trials]
 
@@ -189,10 +191,10 @@ def differences(posweep: Side, baseline: Side) -> dict[str, tuple[float, str]]:
 def reference_effect(recipe_path: Path, folder: Path, repeats: int) -> dict[str, float]:
     """One DPO trial with the shared reference log-probabilities and without (TRL's per-step reference
     pass), alternating, in this process; times are medians over `repeats` runs of each."""
-    from sweep.plan import TrialSpec, plan_recipe
-    from sweep.recipe import load_recipe
-    from sweep.study import _configure_process
-    from sweep.trial import Worker
+    from sweep.engine.workers import _configure_process
+    from sweep.spec.plan import TrialSpec, plan_recipe
+    from sweep.spec.validate import load_recipe
+    from sweep.train.trial import Worker
 
     _configure_process({"POSWEEP_THREADS": str(max(1, os.cpu_count() or 1))})
     recipe = load_recipe(recipe_path)

@@ -35,7 +35,7 @@ def user_errors(command):
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         from sweep.errors import UserError
-        from sweep.recipe import RecipeError
+        from sweep.spec.validate import RecipeError
 
         try:
             return command(*args, **kwargs)
@@ -51,8 +51,8 @@ def user_errors(command):
 @user_errors
 def validate(files: Annotated[list[Path], typer.Argument(help="recipe files", show_default=False)]) -> None:
     """Check recipes: exit 0 when all are valid, 2 when any is not (every problem is listed)."""
-    from sweep.plan import plan_recipe
-    from sweep.recipe import RecipeError, load_recipe
+    from sweep.spec.plan import plan_recipe
+    from sweep.spec.validate import RecipeError, load_recipe
 
     failed = False
     for file in files:
@@ -74,8 +74,9 @@ def plan(recipe: RecipeArg) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from sweep.plan import format_value, plan_recipe
-    from sweep.recipe import Distribution, load_recipe
+    from sweep.spec.plan import format_value, plan_recipe
+    from sweep.spec.recipe import Distribution
+    from sweep.spec.validate import load_recipe
 
     planned = plan_recipe(load_recipe(recipe))
     console = Console(width=max(Console().width, 100))
@@ -108,8 +109,8 @@ def methods() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from sweep.methods import REGISTRY
-    from sweep.plan import format_value
+    from sweep.spec.methods import REGISTRY
+    from sweep.spec.plan import format_value
 
     table = Table("method", "TRL trainer", "hyperparameters (default)", "reference", "data", "about")
     for entry in REGISTRY.values():
@@ -135,9 +136,12 @@ def run(
     launcher: Annotated[str, typer.Option(help="local: run here; slurm: submit a worker array")] = "local",
 ) -> None:
     """Run (or resume) a sweep: train and evaluate every trial, writing results/<name>/."""
+    from sweep.builtin import resolve
+    from sweep.engine.folder import open_sweep
+    from sweep.engine.queue import reconcile
+    from sweep.engine.workers import run_sweep
     from sweep.errors import UserError
-    from sweep.recipe import load_recipe
-    from sweep.study import open_sweep, reconcile, run_sweep
+    from sweep.spec.validate import load_recipe
 
     loaded = load_recipe(recipe)
     if launcher == "local":
@@ -149,17 +153,18 @@ def run(
             max_trials=max_trials,
             new=new,
             quiet=quiet,
+            locate=resolve,
         )
         raise typer.Exit(code)
     if launcher != "slurm":
         raise UserError(f"--launcher must be local or slurm, got {launcher!r}")
-    from sweep.slurm import submit_workers
+    from sweep.engine.slurm import submit_workers
 
     sweep = open_sweep(loaded, results, storage, new)
     counts = reconcile(sweep)
     spec = loaded.execution.slurm
     jobs = submit_workers(
-        sweep, storage or loaded.execution.storage, workers or loaded.execution.workers, spec
+        sweep, storage or loaded.execution.storage, workers or loaded.execution.workers, spec, locate=resolve
     )
     typer.echo(
         f"submitted {len(jobs)} SLURM worker jobs for {sweep.dir} ({counts['queued']} trials queued): "
@@ -177,16 +182,17 @@ def worker(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar; a line per trial")] = False,
 ) -> None:
     """Join a running sweep (on this or another machine) and run trials until none is left."""
-    from sweep.study import run_worker
+    from sweep.builtin import resolve
+    from sweep.engine.workers import run_worker
 
-    raise typer.Exit(run_worker(sweep_dir, storage, max_trials, quiet))
+    raise typer.Exit(run_worker(sweep_dir, storage, max_trials, quiet, locate=resolve))
 
 
 @app.command()
 @user_errors
 def status(sweep_dir: ResultsArg) -> None:
     """Show a sweep's trial states, objectives, counts, elapsed and remaining time."""
-    from sweep.study import print_status
+    from sweep.engine.status import print_status
 
     print_status(sweep_dir)
 
@@ -227,12 +233,13 @@ def rm_train(
     trust_remote_code: Annotated[bool, typer.Option(help="run the model repository's own code")] = False,
 ) -> None:
     """Train a reward model with TRL's RewardTrainer; the output folder is usable as a recipe judge."""
-    from sweep.data import load_pairs
-    from sweep.recipe import PairColumns, TrainData
-    from sweep.rm import train_reward_model
+    from sweep.builtin import resolve
+    from sweep.hf.data import load_pairs
+    from sweep.spec.recipe import PairColumns, TrainData
+    from sweep.tools.rm import train_reward_model
 
     source = TrainData(
-        path=data,
+        path=resolve(data),
         split=split,
         max_samples=max_samples,
         columns=PairColumns(prompt=prompt, chosen=chosen, rejected=rejected),
@@ -240,7 +247,7 @@ def rm_train(
     pairs = load_pairs(source, where="DATA")
     summary = train_reward_model(
         pairs,
-        model,
+        resolve(model),
         out,
         eval_fraction=eval_fraction,
         epochs=epochs,
@@ -271,10 +278,12 @@ RejectedOpt = Annotated[str, typer.Option(help="rejected column")]
 
 
 def _pair_source(data: str, split: str, prompt: str, chosen: str, rejected: str):
-    from sweep.recipe import PairColumns, TrainData
+    """A preference-data source from the command line (a `builtin:` reference built on first use)."""
+    from sweep.builtin import resolve
+    from sweep.spec.recipe import PairColumns, TrainData
 
     return TrainData(
-        path=data, split=split, columns=PairColumns(prompt=prompt, chosen=chosen, rejected=rejected)
+        path=resolve(data), split=split, columns=PairColumns(prompt=prompt, chosen=chosen, rejected=rejected)
     )
 
 
@@ -294,9 +303,10 @@ def data_stats(
     """Length bias, duplicates and empty responses of preference data (tokens too with --model)."""
     import json
 
-    from sweep.datatools import dataset_stats, print_stats
+    from sweep.builtin import resolve
+    from sweep.tools.datastats import dataset_stats, print_stats
 
-    stats = dataset_stats(_pair_source(data, split, prompt, chosen, rejected), model)
+    stats = dataset_stats(_pair_source(data, split, prompt, chosen, rejected), model and resolve(model))
     if as_json:
         typer.echo(json.dumps(stats))
     else:
@@ -324,11 +334,13 @@ def data_ppl_filter(
     rejected: RejectedOpt = "rejected",
 ) -> None:
     """Keep the pairs a target model finds natural (lowest perplexity); write them, a summary and a plot."""
-    from sweep.datatools import criterion, filter_file
+    from sweep.tools.pplfilter import criterion, filter_file
 
     rule = criterion(keep, max_ppl, max_ratio)
     source = _pair_source(data, split, prompt, chosen, rejected)
-    summary = filter_file(source, model, out, rule, batch_size, device)
+    from sweep.builtin import resolve
+
+    summary = filter_file(source, resolve(model), out, rule, batch_size, device)
     typer.echo(
         f"kept {summary['kept']} of {summary['pairs']} pairs ({summary['kept_fraction']:.1%}): {out} "
         f"(summary {out}.summary.json, histogram {out}.ppl.png)"

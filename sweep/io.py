@@ -1,17 +1,23 @@
-"""Atomic file writes and small readers shared by every stage."""
+"""Files every stage shares: atomic writes of files and folders, locks, JSON (lines), digests, versions."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import math
 import os
+import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+RESULT_PACKAGES = ("posweep", "torch", "transformers", "trl", "optuna", "datasets", "accelerate", "peft")
 
 
 def utc_now() -> str:
@@ -97,3 +103,62 @@ def file_lock(path: str | Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def git_revision() -> str | None:
+    """The git commit posweep runs from, or None outside a git checkout."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except OSError:
+        return None
+    return out.stdout.strip() or None
+
+
+def package_versions(*names: str) -> dict[str, str]:
+    """Installed versions of `names` (default: Python and every package that shapes a result)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {} if names else {"python": sys.version.split()[0]}
+    for name in names or RESULT_PACKAGES:
+        with contextlib.suppress(PackageNotFoundError):
+            found[name] = version(name)
+    return found
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | Path) -> Iterator[Path]:
+    """A staging folder beside `target`, renamed to `target` when the block succeeds, removed when it fails.
+
+    The folder has the ordinary permissions of a new directory (mkdtemp's are private).
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    staging.chmod(0o777 & ~_UMASK)
+    try:
+        yield staging
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def json_digest(obj: Any, length: int = 16) -> str:
+    """A short, stable hash of a JSON-ready object (keys sorted; other objects by their str)."""
+    text = json.dumps(obj, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message, or its type name when it has none."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -9,9 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from sweep.cli import app
-from sweep.methods import REGISTRY
-from sweep.plan import plan_recipe
-from sweep.recipe import load_recipe
+from sweep.spec.methods import REGISTRY
+from sweep.spec.plan import plan_recipe
+from sweep.spec.validate import load_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))

@@ -5,9 +5,9 @@ import json
 import pandas as pd
 import pytest
 
-from sweep.data import EvalPrompt, is_conversational, load_eval_prompts, load_pair_rows
 from sweep.errors import UserError
-from sweep.recipe import EvalColumns, EvalData, PairColumns, TrainData
+from sweep.hf.data import EvalPrompt, is_conversational, load_eval_prompts, load_pair_rows
+from sweep.spec.recipe import EvalColumns, EvalData, PairColumns, TrainData
 
 PLAIN = [{"prompt": f"q{i}", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(5)]
 CONVERSATIONAL = [

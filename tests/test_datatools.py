@@ -12,17 +12,12 @@ from tiny import CHAT_TEMPLATE, save_dir, tiny_causal_lm, tiny_tokenizer
 from typer.testing import CliRunner
 
 from sweep.cli import app
-from sweep.data import read_rows
-from sweep.datatools import (
-    criterion,
-    filter_file,
-    length_stats,
-    pair_perplexities,
-    pair_token_ids,
-    select_pairs,
-)
 from sweep.errors import UserError
-from sweep.recipe import Source, TrainData
+from sweep.hf.data import read_rows
+from sweep.hf.formats import pair_token_ids
+from sweep.spec.recipe import Source, TrainData
+from sweep.tools.datastats import length_stats
+from sweep.tools.pplfilter import criterion, filter_file, pair_perplexities, select_pairs
 
 WORDS = ["a", "b", "c", "d", "e", "f", "g", "h", "the", "cat", "dog", "sat", "on", "mat", "more", "be",
          "brief", ".", "user", "assistant", "system", ":"]  # fmt: skip

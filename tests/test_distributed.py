@@ -22,8 +22,8 @@ import pytest
 from postgres import free_port, postgres_server
 from test_engine import inputs, trial_files, write_recipe
 
-from sweep.plan import plan_recipe
-from sweep.recipe import load_recipe
+from sweep.spec.plan import plan_recipe
+from sweep.spec.validate import load_recipe
 
 __all__ = ["inputs"]  # the engine tests' module fixture (tiny model, reward model, data), used here too
 
@@ -134,14 +134,14 @@ def study_of(sweep: Path, url: str | None):
     """The sweep's Optuna study, opened read-only from the test process."""
     import optuna
 
-    from sweep.study import open_storage
+    from sweep.engine.storage import open_storage
 
     return optuna.load_study(study_name=sweep.name, storage=open_storage(url, sweep))
 
 
 def history(sweep: Path, url: str | None) -> dict[str, list[tuple[str, dict]]]:
     """trial id -> [(Optuna state, posweep attrs)] for each Optuna trial of the sweep, oldest first."""
-    from sweep.study import ATTR
+    from sweep.engine.queue import ATTR
 
     runs: dict[str, list[tuple[str, dict]]] = {}
     for trial in study_of(sweep, url).get_trials(deepcopy=False):
@@ -195,8 +195,8 @@ def wait_for(condition, timeout: float, what: str, processes=()):
 
 
 def test_storage_urls_are_masked_and_can_come_from_the_environment(tmp_path, monkeypatch):
+    from sweep.engine.storage import mask_url, open_storage, storage_url
     from sweep.errors import UserError
-    from sweep.study import mask_url, open_storage, storage_url
 
     assert mask_url("postgresql://u:s3cr%40t@h:5432/db") == "postgresql://u:***@h:5432/db"
     assert mask_url("postgresql://u@h/db?sslmode=require&password=s3cret") == (
@@ -222,8 +222,9 @@ from pathlib import Path
 
 import yaml
 
-from sweep.recipe import Recipe
-from sweep.study import claim, open_sweep_folder, reconcile
+from sweep.spec.recipe import Recipe
+from sweep.engine.folder import open_sweep_folder
+from sweep.engine.queue import claim, reconcile
 
 folder = Path(sys.argv[1])
 recipe = Recipe.model_validate(yaml.safe_load((folder / "recipe.yaml").read_text()))
@@ -242,7 +243,7 @@ def test_concurrent_workers_claim_each_grid_point_exactly_once(inputs, tmp_path,
     Claimed trials stay RUNNING without a worker stamp, as between a claim and its first heartbeat:
     no reconcile may take them for dead and enqueue them again.
     """
-    from sweep.study import open_sweep
+    from sweep.engine.folder import open_sweep
 
     url = request.getfixturevalue("pg_url") if backend == "postgresql" else None
     recipe = sweep_recipe(inputs, f"claims-{backend}", 40)
@@ -327,7 +328,7 @@ def test_a_worker_killed_mid_trial_is_replaced_and_its_trial_retried(inputs, tmp
     def a_worker_mid_trial():
         from optuna.trial import TrialState
 
-        from sweep.study import ATTR
+        from sweep.engine.queue import ATTR
 
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             attrs = trial.user_attrs.get(ATTR, {})

@@ -16,8 +16,8 @@ from tiny import CHAT_TEMPLATE, save_dir, tiny_causal_lm, tiny_reward_model, tin
 from typer.testing import CliRunner
 
 from sweep.cli import app
-from sweep.plan import plan_recipe
-from sweep.recipe import load_recipe
+from sweep.spec.plan import plan_recipe
+from sweep.spec.validate import load_recipe
 
 pytestmark = pytest.mark.slow
 WORDS = [

@@ -10,11 +10,13 @@ import pytest
 import torch
 from tiny import CHAT_TEMPLATE, save_dir, tiny_causal_lm, tiny_reward_model, tiny_tokenizer
 
-from sweep import stats
 from sweep.errors import UserError
-from sweep.evaluate import Decoding, Evaluator, encode_prompt, generate, sequence_logps, stop_ids
+from sweep.evaluate import estimators as stats
+from sweep.evaluate.evaluator import Evaluator
+from sweep.evaluate.generation import Decoding, generate, sequence_logps, stop_ids
+from sweep.hf.formats import encode_prompt
 from sweep.io import read_jsonl
-from sweep.recipe import Recipe
+from sweep.spec.recipe import Recipe
 
 WORDS = ["a", "b", "c", "d", ":", "user", "assistant"]
 EVAL_ROWS = [

@@ -5,8 +5,8 @@ import torch
 from tiny import CHAT_TEMPLATE, save_dir, tiny_reward_model, tiny_tokenizer
 
 from sweep.errors import UserError
-from sweep.judges import load_judges
-from sweep.recipe import JudgeSpec
+from sweep.hf.judges import load_judges
+from sweep.spec.recipe import JudgeSpec
 
 WORDS = ["a", "b", "c", "d", ":", "user", "assistant"]
 PROMPTS = ["a b :", "c :", "d d a b c :"]

@@ -2,9 +2,10 @@
 
 import pytest
 
-from sweep.methods import REGISTRY
-from sweep.recipe import TrainSpec
-from sweep.trial import load_object, trl_config
+from sweep.hf.loading import load_object
+from sweep.spec.methods import REGISTRY
+from sweep.spec.recipe import TrainSpec
+from sweep.train.config import trl_config
 
 TRAIN = TrainSpec(max_steps=7, per_device_train_batch_size=4, gradient_accumulation_steps=2, max_length=96,
                   warmup_ratio=0.2, lr_scheduler_type="cosine", weight_decay=0.01, max_grad_norm=0.5,

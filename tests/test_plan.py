@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from sweep.plan import format_value, plan_recipe, sampled_trial_id, trial_id
-from sweep.recipe import load_recipe
+from sweep.spec.plan import format_value, plan_recipe, sampled_trial_id, trial_id
+from sweep.spec.validate import load_recipe
 
 
 @pytest.fixture
@@ -98,7 +98,8 @@ def test_ids_stable_across_plans_and_processes(base_recipe, recipe_file):
     ids = [t.trial_id for t in plan_recipe(load_recipe(path)).trials]
     assert ids == [t.trial_id for t in plan_recipe(load_recipe(path)).trials]
     script = (
-        "import json, sys; from sweep.plan import plan_recipe; from sweep.recipe import load_recipe; "
+        "import json, sys; from sweep.spec.plan import plan_recipe; "
+        "from sweep.spec.validate import load_recipe; "
         "plan = plan_recipe(load_recipe(sys.argv[1])); "
         "print(json.dumps([plan.hash, [t.trial_id for t in plan.trials]]))"
     )

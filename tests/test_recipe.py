@@ -7,9 +7,9 @@ import pytest
 from typer.testing import CliRunner
 
 from sweep.cli import app
-from sweep.methods import REGISTRY
-from sweep.plan import plan_recipe
-from sweep.recipe import RecipeError, load_recipe
+from sweep.spec.methods import REGISTRY
+from sweep.spec.plan import plan_recipe
+from sweep.spec.validate import RecipeError, load_recipe
 
 DELETE = object()
 RANDOM = {"search": {"strategy": "random", "n_trials": 2}}
@@ -419,7 +419,7 @@ def test_objective_on_a_secondary_judge(base_recipe, recipe_file):
 
 def test_exponent_floats_are_numbers(recipe_file):
     """YAML 1.1 reads 1e-3 as a string; posweep reads it as the number users mean."""
-    from sweep.recipe import load_recipe
+    from sweep.spec.validate import load_recipe
 
     text = """
 name: t

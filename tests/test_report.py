@@ -16,7 +16,7 @@ from sweep.errors import UserError
 from sweep.io import write_json, write_text
 from sweep.report import build_report, expected_best_of_k, load_trials
 from sweep.report.load import load_sweeps, read_trials
-from sweep.report.stats import expected_best_band, resolve_objective, robustness_table
+from sweep.report.robustness import expected_best_band, resolve_objective, robustness_table
 
 RECIPE = "name: {name}\n# a <comment> & note\nmethods: [dpo, ipo]\n"
 ALL_FIGURES = {

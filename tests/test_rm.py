@@ -5,10 +5,10 @@ import random
 import pytest
 from datasets import Dataset
 
-from sweep import rm
 from sweep.builtin import build, toy
 from sweep.errors import UserError
 from sweep.io import read_json
+from sweep.tools import rm
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from sweep import stats
+from sweep.evaluate import estimators as stats
 
 
 def brute_force_win_rate(policy, baseline) -> float:

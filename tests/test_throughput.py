@@ -13,9 +13,9 @@ from tiny import save_dir, tiny_causal_lm, tiny_tokenizer
 from trl.experimental.cpo import CPOTrainer
 
 from sweep.io import read_json, read_jsonl
-from sweep.plan import TrialSpec
-from sweep.recipe import Recipe
-from sweep.trial import Worker
+from sweep.spec.plan import TrialSpec
+from sweep.spec.recipe import Recipe
+from sweep.train.trial import Worker
 
 pytestmark = pytest.mark.slow
 

@@ -12,9 +12,9 @@ from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 from sweep.errors import UserError
 from sweep.io import read_json, read_jsonl, write_jsonl
-from sweep.plan import TrialSpec
-from sweep.recipe import Recipe
-from sweep.trial import Worker
+from sweep.spec.plan import TrialSpec
+from sweep.spec.recipe import Recipe
+from sweep.train.trial import Worker
 
 pytestmark = pytest.mark.slow
 
@@ -242,7 +242,7 @@ def test_pruning_stops_training_and_keeps_the_last_value(model_dir, tmp_path):
 
 
 def test_evaluation_gives_objective_metrics_samples_and_times(model_dir, tmp_path):
-    from sweep.evaluate import Evaluator
+    from sweep.evaluate.evaluator import Evaluator
 
     prompts = tmp_path / "eval.jsonl"
     write_jsonl(prompts, [{"prompt": p} for p, _, _ in PAIRS[:3]])

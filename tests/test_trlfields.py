@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from sweep.methods import REGISTRY
-from sweep.plan import _grid_points
-from sweep.trlfields import config_fields
+from sweep.spec.methods import REGISTRY
+from sweep.spec.plan import _grid_points
+from sweep.spec.trlfields import config_fields
 
 CONFIGS = sorted({method.config for method in REGISTRY.values()})
 
@@ -44,7 +44,8 @@ def test_unknown_classes_and_modules_give_none():
 
 def test_reading_fields_imports_neither_torch_nor_trl():
     script = (
-        "import sys; from sweep.methods import REGISTRY; from sweep.trlfields import config_fields; "
+        "import sys; from sweep.spec.methods import REGISTRY; "
+        "from sweep.spec.trlfields import config_fields; "
         "assert all(config_fields(m.config) for m in REGISTRY.values()); "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'trl', 'transformers')))"
     )

@@ -9,9 +9,9 @@ Everything is made offline from `BuildSettings` (the task itself is described in
   a stand-in for the word knowledge a pretrained model brings (without it a model this small needs many
   more steps to tie words to topics);
 - the judge: a one-output sequence classifier started from the SFT backbone and trained on the judge's own
-  preference pairs (never seen by trials) with `sweep.rm.train_reward_model`. Its `posweep_rm.json` holds
-  its held-out pairwise accuracy and how often it orders fresh response pairs as the gold reward does, on
-  training-style prompts (`gold_agreement`) and on evaluation-style prompts (`gold_agreement_ood`).
+  preference pairs (never seen by trials) with `sweep.tools.rm.train_reward_model`. Its `posweep_rm.json`
+  holds its held-out pairwise accuracy and how often it orders fresh response pairs as the gold reward
+  does, on training-style prompts (`gold_agreement`) and on evaluation-style prompts (`gold_agreement_ood`).
 
 A build lives in `<cache_dir>/builtin/toy-<key>/` (data/, sft/, rm/, build.json). The key hashes the
 settings, the builder's source and the versions of posweep, torch, transformers and trl, so the build is
@@ -32,16 +32,15 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from importlib.metadata import version
 from importlib.util import find_spec
 from pathlib import Path
 
-from sweep import __version__
+from sweep import io
 from sweep.builtin import toy
 from sweep.io import file_lock, read_json, utc_now, write_json, write_jsonl
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<bos>", "eos_token": "<eos>", "unk_token": "<unk>"}
-SOURCES = ("sweep.builtin.toy", "sweep.builtin.build", "sweep.rm")
+SOURCES = ("sweep.builtin.toy", "sweep.builtin.build", "sweep.tools.rm")
 
 
 @dataclass(frozen=True)
@@ -85,7 +84,7 @@ DEFAULT = BuildSettings()
 
 def package_versions() -> dict[str, str]:
     """Versions of the packages that shape the built files."""
-    return {"posweep": __version__, **{name: version(name) for name in ("torch", "transformers", "trl")}}
+    return io.package_versions("posweep", "torch", "transformers", "trl")
 
 
 def cache_key(settings: BuildSettings) -> str:
@@ -206,7 +205,7 @@ def train_sft(
     from transformers import LlamaConfig, LlamaForCausalLM
     from trl import SFTConfig, SFTTrainer
 
-    from sweep.rm import QUIET_ARGS, quiet_trainer
+    from sweep.hf.quiet import QUIET_ARGS, quiet_trainer
 
     torch.manual_seed(settings.task.seed)
     config = LlamaConfig(
@@ -263,7 +262,7 @@ def _train_judge(rows: list[dict], sft_dir: Path, out: Path, settings: BuildSett
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from sweep import rm
+    from sweep.tools import rm
 
     rm.train_reward_model(
         Dataset.from_list(rows),

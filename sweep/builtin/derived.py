@@ -27,7 +27,7 @@ def ensure_ppl_filtered(folder: Path, log: Callable[[str], None] = partial(print
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from sweep.datatools import pair_perplexities, select_pairs
+        from sweep.tools.pplfilter import pair_perplexities, select_pairs
 
         rows = read_jsonl(folder / "data" / "train.jsonl")
         log(f"filtering builtin:toy/train by perplexity under builtin:toy (keeping {PPL_KEEP:.0%})")

@@ -18,7 +18,7 @@ from sweep.io import write_text
 from sweep.report.figures import PlotData, draw_figures
 from sweep.report.html import render_html
 from sweep.report.load import load_sweeps, load_trials, read_trials, sft_length, sweep_progress
-from sweep.report.stats import (
+from sweep.report.robustness import (
     BUDGETS,
     Objective,
     expected_best_of_k,

@@ -16,7 +16,9 @@ import pandas as pd
 
 from sweep.io import write_bytes, write_text
 from sweep.report.load import param_columns
-from sweep.report.stats import PENALIZED_STATES, Objective, expected_best_band, expected_best_of_k
+from sweep.report.robustness import PENALIZED_STATES, Objective, expected_best_band, expected_best_of_k
+from sweep.spec import metrics
+from sweep.spec.methods import HYPERPARAMETERS
 
 DPI = 110
 STYLE = {
@@ -33,24 +35,6 @@ RASTERIZE_ABOVE = 500
 CROWDED = 500
 LINE_STYLES = ("-", "--", ":", "-.")
 LEARNING_RATE = "param.learning_rate"
-METRIC_LABELS = {
-    "win_rate_vs_sft": "win rate vs SFT (fraction of prompts)",
-    "lc_win_rate_vs_sft": "length-controlled win rate vs SFT (fraction)",
-    "win_rate_vs_chosen": "win rate vs dataset's chosen (fraction)",
-    "judge_score_mean": "mean judge score (judge units)",
-    "kl_to_sft": "KL to SFT (nats per response)",
-    "kl_to_sft_per_token": "KL to SFT per token (nats/token)",
-    "length_mean": "mean response length (tokens)",
-}
-PARAM_LABELS = {
-    "beta": "β (beta)",
-    "gamma": "γ (gamma, target reward margin)",
-    "gamma_beta_ratio": "γ/β (gamma_beta_ratio)",
-    "alpha": "α (reference mix-in, alpha)",
-    "tau": "τ (reference sync every τ steps)",
-    "learning_rate": "learning rate",
-    "label_smoothing": "ε (label smoothing)",
-}
 
 
 @dataclass(frozen=True)
@@ -88,14 +72,12 @@ class PlotData:
 
 def metric_label(metric: str) -> str:
     """Axis label with units for a metric key ("gold.win_rate_vs_sft" names its judge)."""
-    judge, _, name = metric.rpartition(".")
-    label = METRIC_LABELS.get(name, name)
-    return f"{label}, judge '{judge}'" if judge else label
+    return metrics.axis_label(metric)
 
 
 def _param_label(column: str) -> str:
     name = column.removeprefix("param.")
-    return PARAM_LABELS.get(name, name)
+    return HYPERPARAMETERS[name].label if name in HYPERPARAMETERS else name
 
 
 def _slug(text: str) -> str:
@@ -159,8 +141,9 @@ def _scatter(ax, x, y, **kwargs) -> None:
 
 def _shared_bins(values: np.ndarray, metric: str) -> np.ndarray:
     """Bin edges shared by every method: 0.05-wide bins over [0, 1] for a win rate, else over the data."""
-    if "win_rate" in metric:
-        return np.linspace(0.0, 1.0, 21)
+    found = metrics.metric(metric)
+    if found is not None and found.bounded:
+        return np.linspace(found.low, found.high, 21)
     low, high = values.min(), values.max()
     if low == high:
         low, high = low - max(0.5, abs(low) / 10), high + max(0.5, abs(high) / 10)

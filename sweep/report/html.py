@@ -10,7 +10,8 @@ import pandas as pd
 from sweep.io import utc_now
 from sweep.report.figures import FigureFile
 from sweep.report.load import Progress, SweepInfo, sweep_progress
-from sweep.report.stats import NEAR_BEST, Objective
+from sweep.report.robustness import NEAR_BEST, Objective
+from sweep.spec import metrics
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1200px;
@@ -53,8 +54,9 @@ def _progress_section(progress: list[Progress]) -> str:
 
 
 def _failure_note(objective: Objective) -> str:
-    if "win_rate" in objective.metric:
-        worst = f"{objective.worst:g} (a win rate of {objective.worst:g})"
+    found = metrics.metric(objective.metric)
+    if found is not None and found.bounded:
+        worst = f"{objective.worst:g} (a {found.label} of {objective.worst:g})"
     else:
         extreme = "lowest" if objective.maximize else "highest"
         worst = f"{objective.worst:.4g} (the {extreme} value any trial of the report reached)"

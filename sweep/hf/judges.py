@@ -20,7 +20,10 @@ from collections.abc import Sequence
 import torch
 
 from sweep.errors import UserError
-from sweep.recipe import JudgeSpec
+from sweep.hf.formats import sequence_ids
+from sweep.hf.loading import judge_device, judge_dtype
+from sweep.io import first_line
+from sweep.spec.recipe import JudgeSpec
 
 
 class Judge:
@@ -77,59 +80,16 @@ class CallableJudge(Judge):
         return self.function(prompts, responses)
 
 
-def judge_device(name: str, default: str | torch.device | None) -> torch.device:
-    """`auto` is the worker's device (or cuda when available, else cpu); anything else as given."""
-    if name == "auto":
-        if default is not None:
-            return torch.device(default)
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} requested but CUDA is not available")
-    return device
-
-
-def judge_dtype(name: str, device: torch.device) -> torch.dtype:
-    """`auto` is bfloat16 on a GPU that supports it, else float32; anything else as given."""
-    if name != "auto":
-        return getattr(torch, name)
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
-
-
-def _prompt_text(prompt: str | list[dict]) -> str:
-    return prompt if isinstance(prompt, str) else "\n".join(message["content"] for message in prompt)
-
-
-def sequence_ids(tokenizer, prompt: str | list[dict], response: str, max_length: int) -> list[int]:
-    """Token ids a reward model reads for one (prompt, response) pair, truncated to max_length."""
-    if tokenizer.chat_template:
-        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-        text = tokenizer.apply_chat_template(
-            [*messages, {"role": "assistant", "content": response}], tokenize=False
-        )
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    else:
-        text = _prompt_text(prompt) + response
-        if tokenizer.eos_token and not text.endswith(tokenizer.eos_token):
-            text += tokenizer.eos_token
-        ids = tokenizer(text)["input_ids"]
-    return ids[-max_length:] if tokenizer.truncation_side == "left" else ids[:max_length]
-
-
 class RewardModelJudge(Judge):
     """A sequence classifier with one output, on its own device and dtype."""
 
     def __init__(self, spec: JudgeSpec, primary: bool, device=None):
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-        from sweep.builtin import resolve
-
         super().__init__(spec.name, primary)
         self.spec = spec
-        path = resolve(spec.reward_model)
-        tokenizer_path = resolve(spec.tokenizer) if spec.tokenizer else path
+        path = spec.reward_model
+        tokenizer_path = spec.tokenizer or path
         options = {"trust_remote_code": spec.trust_remote_code}
         self.device = judge_device(spec.device, device)
         try:
@@ -146,7 +106,7 @@ class RewardModelJudge(Judge):
                 path, revision=spec.revision, dtype=judge_dtype(spec.dtype, self.device), **options
             )
         except (OSError, ValueError) as error:
-            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            message = first_line(error)
             raise UserError(
                 f"judge {spec.name}: cannot load reward model {spec.reward_model!r}: {message}"
             ) from None
@@ -161,7 +121,7 @@ class RewardModelJudge(Judge):
             text_config.pad_token_id = self.pad_id
 
     def _score(self, prompts: list, responses: list[str]) -> list[float]:
-        from sweep.rm import score_ids
+        from sweep.hf.judges import score_ids
 
         sequences = [
             sequence_ids(self.tokenizer, prompt, response, self.spec.max_length)
@@ -178,3 +138,21 @@ def load_judges(specs: Sequence[JudgeSpec], device=None) -> list[Judge]:
         else CallableJudge(spec, index == 0)
         for index, spec in enumerate(specs)
     ]
+
+
+@torch.no_grad()
+def score_ids(model, pad_token_id: int, sequences: list[list[int]], batch_size: int = 32) -> list[float]:
+    """Reward of each token-id sequence, in right-padded batches as in training."""
+    model.eval()
+    device = next(model.parameters()).device
+    scores: list[float] = []
+    for start in range(0, len(sequences), batch_size):
+        batch = sequences[start : start + batch_size]
+        input_ids = torch.full((len(batch), max(map(len, batch))), pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        for row, ids in enumerate(batch):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            attention_mask[row, : len(ids)] = 1
+        logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
+        scores += logits[:, 0].float().tolist()
+    return scores

@@ -1,16 +1,6 @@
-"""Preference-data tools: length statistics and perplexity filtering (`posweep data stats|ppl-filter`).
+"""Perplexity filtering of preference data for a target model (`posweep data ppl-filter`).
 
-Length statistics. Preference datasets often prefer the longer response, and DPO exploits that bias:
-"A Practical Analysis of Human Alignment with *PO" (arXiv 2407.15229) finds DPO drifting to long
-responses. `length_stats` measures it: prompt/chosen/rejected length distributions in words (and in tokens
-of a model's tokenizer), the fraction of pairs whose chosen response is longer, shorter, or as long as
-the rejected one (fractions of all pairs; they sum to 1), the mean and median of chosen - rejected, rows
-repeated exactly (prompt, chosen and rejected identical to an earlier row), rows whose prompt appeared in
-an earlier row, pairs whose two responses are identical, and empty (blank) responses. For conversational
-rows a response's text is the content of its assistant messages, joined by newlines; a prompt's text is
-the content of all its messages. Token counts are those of the same text (no special tokens or template).
-
-Perplexity filter. A preference dataset is usually off-policy: its responses come from other models, and
+A preference dataset is usually off-policy: its responses come from other models, and
 the policy being aligned may find some of them very unlikely. Such pairs give large, noisy DPO gradients
 (the implicit reward moves far to fit text the policy would never write). Keeping the pairs the SFT
 policy finds natural fits the dataset to that model cheaply, an approximation of on-policy data without
@@ -50,181 +40,15 @@ from typing import Any
 
 import numpy as np
 
-from sweep.data import is_conversational, load_pair_rows, read_rows
 from sweep.errors import UserError
+from sweep.hf.data import load_pair_rows, read_rows
+from sweep.hf.formats import pair_token_ids
+from sweep.hf.loading import load_causal_lm, load_tokenizer, resolve_device
 from sweep.io import utc_now, write_bytes, write_json, write_jsonl, write_text
-from sweep.recipe import TrainData
+from sweep.spec.recipe import TrainData
+from sweep.tools.datastats import RESPONSES, distribution
 
-RESPONSES = ("chosen", "rejected")
-QUANTILES = {"p10": 10, "p25": 25, "median": 50, "p75": 75, "p90": 90}
-QUANTILE_COLUMNS = ("mean", "std", "min", *QUANTILES, "max")
-CHECKS = ("duplicate_rows", "repeated_prompts", "identical_responses", "empty_chosen", "empty_rejected")
 DEFAULT_KEEP = 0.5
-
-
-# --------------------------------------------------------------------------- statistics
-
-
-def _content_text(content: Any) -> str:
-    """A message's text (the text parts of multimodal content)."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(part.get("text", "") for part in content if isinstance(part, dict))
-    return ""
-
-
-def field_text(value: str | list[dict], response: bool) -> str:
-    """Text of a prompt or response: the string, or its messages' content (a response's: assistant only)."""
-    if isinstance(value, str):
-        return value
-    messages = [m for m in value if not response or m["role"] == "assistant"]
-    return "\n".join(_content_text(m["content"]) for m in messages)
-
-
-def distribution(values: Sequence[float]) -> dict[str, float]:
-    """Mean, standard deviation, min, quantiles and max of a non-empty list of numbers."""
-    array = np.asarray(values, dtype=float)
-    quantiles = np.percentile(array, list(QUANTILES.values()))
-    return {
-        "mean": float(array.mean()),
-        "std": float(array.std()),
-        "min": float(array.min()),
-        **{name: float(q) for name, q in zip(QUANTILES, quantiles, strict=True)},
-        "max": float(array.max()),
-    }
-
-
-def _comparison(lengths: dict[str, list[int]]) -> dict[str, Any]:
-    """Length distributions, chosen-vs-rejected fractions and difference for one unit (words or tokens)."""
-    chosen, rejected = np.asarray(lengths["chosen"]), np.asarray(lengths["rejected"])
-    difference = chosen - rejected
-    return {
-        **{field: distribution(values) for field, values in lengths.items()},
-        "chosen_longer_fraction": float((difference > 0).mean()),
-        "tie_fraction": float((difference == 0).mean()),
-        "rejected_longer_fraction": float((difference < 0).mean()),
-        "difference_mean": float(difference.mean()),
-        "difference_median": float(np.median(difference)),
-    }
-
-
-def length_stats(rows: Sequence[dict], tokenizer=None) -> dict[str, Any]:
-    """Length-bias, duplicate and empty-response statistics of preference rows (prompt, chosen, rejected)."""
-    if not rows:
-        raise UserError("no preference pairs to describe")
-    texts = {
-        field: [field_text(row[field], field != "prompt") for row in rows] for field in ("prompt", *RESPONSES)
-    }
-    words = {field: [len(text.split()) for text in values] for field, values in texts.items()}
-    tokens = None
-    if tokenizer is not None:
-        tokens = {
-            field: [len(ids) for ids in tokenizer(values, add_special_tokens=False)["input_ids"]]
-            for field, values in texts.items()
-        }
-    row_keys = [json.dumps([row["prompt"], row["chosen"], row["rejected"]], sort_keys=True) for row in rows]
-    unique_prompts = len({json.dumps(row["prompt"], sort_keys=True) for row in rows})
-    return {
-        "pairs": len(rows),
-        "format": "conversational" if is_conversational(rows[0]) else "plain",
-        "words": _comparison(words),
-        "tokens": _comparison(tokens) if tokens is not None else None,
-        "duplicate_rows": len(rows) - len(set(row_keys)),
-        "unique_prompts": unique_prompts,
-        "repeated_prompts": len(rows) - unique_prompts,
-        "identical_responses": sum(row["chosen"] == row["rejected"] for row in rows),
-        "empty_chosen": sum(not text.strip() for text in texts["chosen"]),
-        "empty_rejected": sum(not text.strip() for text in texts["rejected"]),
-    }
-
-
-def load_tokenizer(name: str):
-    """A model's tokenizer only (directory, Hub id or builtin:NAME; no remote code), with a pad token."""
-    from sweep import rm
-    from sweep.builtin import resolve
-
-    return rm.load_tokenizer(resolve(name))
-
-
-def dataset_stats(source: TrainData, model: str | None) -> dict[str, Any]:
-    """`length_stats` of a data source (tokens too when a model's tokenizer is named), with its origin."""
-    rows = load_pair_rows(source, where="DATA")
-    tokenizer = load_tokenizer(model) if model else None
-    return {"data": source.path, "split": source.split, "model": model, **length_stats(rows, tokenizer)}
-
-
-def _number(value: float) -> str:
-    return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
-
-
-def print_stats(stats: dict[str, Any]) -> None:
-    """The statistics as rich tables on stdout."""
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(width=max(Console().width, 100))
-    tokens = f", tokens of {stats['model']}" if stats["tokens"] else ""
-    console.print(f"{stats['data']} ({stats['split']}): {stats['pairs']} pairs, {stats['format']}{tokens}\n")
-    for unit in ("words", "tokens"):
-        figures = stats[unit]
-        if figures is None:
-            continue
-        table = Table(f"length ({unit})", *QUANTILE_COLUMNS, box=None, pad_edge=False)
-        for field in ("prompt", *RESPONSES):
-            table.add_row(field, *(_number(figures[field][column]) for column in QUANTILE_COLUMNS))
-        console.print(table)
-        console.print(
-            f"  chosen longer {figures['chosen_longer_fraction']:.1%}, ties {figures['tie_fraction']:.1%}, "
-            f"rejected longer {figures['rejected_longer_fraction']:.1%}; chosen - rejected: "
-            f"mean {_number(figures['difference_mean'])}, median {_number(figures['difference_median'])}\n"
-        )
-    table = Table("rows", "count", box=None, pad_edge=False)
-    for key in CHECKS:
-        table.add_row(key.replace("_", " "), str(stats[key]))
-    console.print(table)
-
-
-# --------------------------------------------------------------------------- perplexity
-
-
-def _common_prefix_length(ids: Sequence[int], other: Sequence[int]) -> int:
-    length = 0
-    for token, other_token in zip(ids, other, strict=False):
-        if token != other_token:
-            break
-        length += 1
-    return length
-
-
-def pair_token_ids(tokenizer, pair: dict) -> tuple[list[int], list[int], list[int]]:
-    """(prompt, chosen, rejected) token ids of a preference row, as TRL's DPOTrainer tokenizes it."""
-    if is_conversational(pair):
-        if not tokenizer.chat_template:
-            raise UserError("the data are conversations but the model's tokenizer has no chat template")
-
-        def encode(messages: list[dict], **options) -> list[int]:
-            encoded = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **options)
-            return list(encoded["input_ids"])
-
-        prompt = encode(pair["prompt"], add_generation_prompt=True)
-        full = [encode(pair["prompt"] + pair[field]) for field in RESPONSES]
-    else:
-        eos = tokenizer.eos_token or ""
-        prompt = tokenizer(pair["prompt"])["input_ids"]
-        full = [
-            tokenizer(pair["prompt"] + pair[field] + ("" if pair[field].endswith(eos) else eos))["input_ids"]
-            for field in RESPONSES
-        ]
-    start = min(_common_prefix_length(prompt, ids) for ids in full)
-    return list(prompt[:start]), list(full[0][start:]), list(full[1][start:])
-
-
-def resolve_device(name: str | Any):
-    """`auto` is cuda when available, else cpu; anything else as given (cuda must be available)."""
-    from sweep.judges import judge_device
-
-    return judge_device(name, None) if isinstance(name, str) else name
 
 
 def pair_perplexities(
@@ -239,7 +63,7 @@ def pair_perplexities(
 
     `progress` is called with the number of responses scored after each batch.
     """
-    from sweep.evaluate import Response, sequence_logps
+    from sweep.evaluate.generation import Response, sequence_logps
 
     model.to(resolve_device(device))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -312,15 +136,9 @@ def select_pairs(
     return [i for i, (c, r) in enumerate(perplexities) if c / r <= rule["max_ratio"]]
 
 
-# --------------------------------------------------------------------------- filtering a file
-
-
 def local_file(source: TrainData) -> Path | None:
-    """The local data file behind a source (builtin references resolved), or None for a Hub dataset."""
-    from sweep.builtin import is_builtin, resolve
-
-    location = resolve(source.path) if is_builtin(source.path) else source.path
-    path = Path(location).expanduser()
+    """The local data file behind a source, or None for a Hub dataset."""
+    path = Path(source.path).expanduser()
     return path if path.is_file() else None
 
 
@@ -397,24 +215,6 @@ def histogram_png(before: Sequence[float], after: Sequence[float], title: str) -
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()
-
-
-def load_causal_lm(name: str, device: str | Any):
-    """The target model (directory, Hub id or builtin:NAME; no remote code) on `device`, in eval mode."""
-    from transformers import AutoModelForCausalLM
-
-    from sweep.builtin import resolve
-    from sweep.judges import judge_dtype
-
-    target = resolve_device(device)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            resolve(name), dtype=judge_dtype("auto", target), trust_remote_code=False
-        )
-    except (OSError, ValueError) as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"cannot load model {name!r}: {message}") from None
-    return model.to(target).eval()
 
 
 def filter_file(

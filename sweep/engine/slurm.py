@@ -13,16 +13,22 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from sweep.engine.queue import Sweep
+from sweep.engine.workers import run_worker
 from sweep.errors import UserError
-from sweep.recipe import SlurmSpec
-from sweep.study import Sweep, run_worker
+from sweep.spec.recipe import Locate, SlurmSpec, as_given
 
 STORAGE_VARIABLE = "POSWEEP_STORAGE_URL"
 CLUSTER_VARIABLE = "POSWEEP_SUBMITIT_CLUSTER"
 
 
 def submit_workers(
-    sweep: Sweep, storage: str | None, workers: int, spec: SlurmSpec, cluster: str | None = None
+    sweep: Sweep,
+    storage: str | None,
+    workers: int,
+    spec: SlurmSpec,
+    cluster: str | None = None,
+    locate: Locate = as_given,
 ) -> list[str]:
     """Submit `workers` array tasks running `posweep worker` on this sweep; return their job ids."""
     cluster = cluster or os.environ.get(CLUSTER_VARIABLE) or None
@@ -57,5 +63,7 @@ def submit_workers(
         }
     executor.update_parameters(**{k: v for k, v in parameters.items() if v not in (None, {})})
     with executor.batch():
-        jobs = [executor.submit(run_worker, str(sweep.dir), storage) for _ in range(workers)]
+        jobs = [
+            executor.submit(run_worker, str(sweep.dir), storage, None, True, locate) for _ in range(workers)
+        ]
     return [str(job.job_id) for job in jobs]

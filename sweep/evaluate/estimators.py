@@ -1,4 +1,4 @@
-"""Statistics of an evaluation: win rates, bootstrap intervals, the length-controlled win rate, KL, lengths.
+"""The estimators of an evaluation: win rates, bootstrap intervals, length-controlled win rate, KL, lengths.
 
 Pure numpy. Scores are arrays of shape (prompts, samples); a 1-D array is one sample per prompt.
 
@@ -19,6 +19,41 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+
+EVAL_SEED = 0
+
+
+def judge_metrics(
+    scores: np.ndarray,
+    sft_scores: np.ndarray,
+    lengths: np.ndarray,
+    sft_lengths: np.ndarray,
+    reference_scores: np.ndarray | None,
+    n_resamples: int,
+) -> dict:
+    """One judge's metrics from (prompts, samples) arrays of scores and lengths."""
+    vs_sft = per_prompt_win_rates(scores, sft_scores)
+    metrics = {
+        "judge_score_mean": float(scores.mean()),
+        "judge_score_std": float(scores.std(ddof=1)) if scores.size > 1 else 0.0,
+        "win_rate_vs_sft": float(vs_sft.mean()),
+        "win_rate_vs_sft_ci": list(bootstrap_ci(vs_sft, n_resamples, EVAL_SEED)),
+        "lc_win_rate_vs_sft": length_controlled_win_rate(
+            pairwise_outcomes(scores, sft_scores), pairwise_differences(lengths, sft_lengths)
+        ),
+    }
+    if reference_scores is not None:
+        vs_chosen = per_prompt_win_rates(scores, reference_scores)
+        metrics["win_rate_vs_chosen"] = float(vs_chosen.mean())
+        metrics["win_rate_vs_chosen_ci"] = list(bootstrap_ci(vs_chosen, n_resamples, EVAL_SEED))
+    return metrics
+
+
+def response_metrics(lengths: Sequence[int], texts: Sequence[str], max_new_tokens: int) -> dict:
+    """Length statistics (tokens) and the mean number of whitespace-separated words."""
+    words = [len(text.split()) for text in texts]
+    return {**length_stats(lengths, max_new_tokens), "words_mean": float(np.mean(words))}
+
 
 RIDGE = 1e-6
 

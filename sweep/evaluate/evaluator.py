@@ -31,27 +31,22 @@ response when the evaluation samples at temperature 1, else the prompt's KL samp
 
 from __future__ import annotations
 
-import hashlib
-import inspect
-import json
 import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
-from importlib.metadata import version
+from collections.abc import Callable
 from pathlib import Path
 from time import perf_counter
 
 import numpy as np
-import torch
 
-from sweep import stats
 from sweep.errors import UserError
-from sweep.io import file_lock, read_json, utc_now, write_json, write_jsonl
-from sweep.judges import Judge, load_judges
-from sweep.recipe import EvalSpec, Recipe
+from sweep.evaluate import estimators
+from sweep.evaluate.estimators import EVAL_SEED, judge_metrics, response_metrics
+from sweep.evaluate.generation import Decoding, Response, generate, sequence_logps, stop_ids
+from sweep.hf.formats import encode_prompt
+from sweep.hf.judges import Judge, load_judges
+from sweep.io import file_lock, json_digest, package_versions, read_json, utc_now, write_json, write_jsonl
+from sweep.spec.recipe import Recipe
 
-EVAL_SEED = 0
 BASELINE_FILE = "sft_baseline.json"
 BASELINE_FORMAT = 1
 BASELINE_FIELDS = (
@@ -63,223 +58,6 @@ BASELINE_FIELDS = (
     "batch_size",
     "bootstrap",
 )
-
-
-@dataclass(frozen=True)
-class Decoding:
-    """How responses are drawn."""
-
-    max_new_tokens: int
-    do_sample: bool
-    temperature: float = 1.0
-    top_p: float = 1.0
-
-    @classmethod
-    def of(cls, spec: EvalSpec) -> Decoding:
-        """The decoding the recipe's eval section asks for."""
-        return cls(spec.max_new_tokens, spec.do_sample, spec.temperature, spec.top_p)
-
-    @property
-    def samples_model(self) -> bool:
-        """Whether responses are samples of the model's own distribution (usable to estimate KL)."""
-        return self.do_sample and self.temperature == 1.0 and self.top_p == 1.0
-
-
-@dataclass(frozen=True)
-class Response:
-    """Generated token ids, through the EOS when one was generated."""
-
-    ids: tuple[int, ...]
-    ended: bool
-
-    @property
-    def length(self) -> int:
-        """Response tokens, the EOS not counted."""
-        return len(self.ids) - int(self.ended)
-
-
-def encode_prompt(tokenizer, prompt: str | list[dict]) -> list[int]:
-    """Prompt token ids as TRL tokenizes prompts for training."""
-    if isinstance(prompt, str):
-        ids = tokenizer(text=prompt)["input_ids"]
-    elif not tokenizer.chat_template:
-        raise UserError(
-            "the evaluation prompts are conversations but the policy's tokenizer has no chat template"
-        )
-    else:
-        ids = tokenizer.apply_chat_template(
-            prompt, add_generation_prompt=True, tokenize=True, return_dict=True
-        )
-        ids = ids["input_ids"]
-    if not ids:
-        raise UserError(f"evaluation prompt {prompt!r} is empty once tokenized")
-    return list(ids)
-
-
-def _base_model(model):
-    """The transformers model under a PEFT wrapper (or the model itself)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
-def stop_ids(model, tokenizer) -> list[int]:
-    """Token ids that end a response: the tokenizer's eos and the model's generation_config eos ids."""
-    configured = getattr(_base_model(model).generation_config, "eos_token_id", None)
-    candidates = [tokenizer.eos_token_id, *(configured if isinstance(configured, list) else [configured])]
-    ids = list(dict.fromkeys(token for token in candidates if token is not None))
-    if not ids:
-        raise UserError("the policy's tokenizer has no eos token, so responses could never end")
-    return ids
-
-
-@contextmanager
-def _inference(model) -> Iterator[None]:
-    """Eval mode and no gradients; the model's training mode is restored afterwards."""
-    training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(training)
-
-
-@contextmanager
-def _plain_generation_config(model) -> Iterator[None]:
-    """Hide the model's generation_config so only the settings passed to `generate` apply."""
-    from transformers import GenerationConfig
-
-    base = _base_model(model)
-    saved = base.generation_config
-    base.generation_config = GenerationConfig()
-    try:
-        yield
-    finally:
-        base.generation_config = saved
-
-
-def _left_padded(
-    sequences: Sequence[Sequence[int]], pad_id: int, device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(ids) for ids in sequences)
-    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, ids in enumerate(sequences):
-        input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[row, width - len(ids) :] = 1
-    return input_ids.to(device), attention_mask.to(device)
-
-
-def _cut(tokens: list[int], eos_ids: Sequence[int]) -> Response:
-    for index, token in enumerate(tokens):
-        if token in eos_ids:
-            return Response(tuple(tokens[: index + 1]), True)
-    return Response(tuple(tokens), False)
-
-
-def generate(
-    model,
-    prompts: Sequence[Sequence[int]],
-    samples: int,
-    decoding: Decoding,
-    batch_size: int,
-    pad_id: int,
-    eos_ids: Sequence[int],
-    seed: int,
-) -> list[Response]:
-    """`samples` responses per prompt, prompt-major (greedy decoding generates once and repeats)."""
-    from transformers import GenerationConfig
-
-    draws = samples if decoding.do_sample else 1
-    rows = [index for index in range(len(prompts)) for _ in range(draws)]
-    order = sorted(range(len(rows)), key=lambda row: len(prompts[rows[row]]))
-    sampling = {"temperature": decoding.temperature, "top_p": decoding.top_p, "top_k": 0}
-    config = GenerationConfig(
-        max_new_tokens=decoding.max_new_tokens,
-        do_sample=decoding.do_sample,
-        num_beams=1,
-        use_cache=True,
-        pad_token_id=pad_id,
-        eos_token_id=list(eos_ids),
-        **(sampling if decoding.do_sample else {}),
-    )
-    device = _device(model)
-    responses: list[Response] = [Response((), False)] * len(rows)
-    rng_devices = [device] if device.type == "cuda" else []
-    with _inference(model), _plain_generation_config(model), torch.random.fork_rng(devices=rng_devices):
-        torch.manual_seed(seed)
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
-            input_ids, attention_mask = _left_padded([prompts[rows[row]] for row in batch], pad_id, device)
-            output = model.generate(
-                input_ids=input_ids, attention_mask=attention_mask, generation_config=config
-            )
-            for row, tokens in zip(batch, output[:, input_ids.shape[1] :].tolist(), strict=True):
-                responses[row] = _cut(tokens, eos_ids)
-    return [response for response in responses for _ in range(samples // draws)]
-
-
-def sequence_logps(
-    model, prompts: Sequence[Sequence[int]], responses: Sequence[Response], batch_size: int, pad_id: int
-) -> list[float]:
-    """log π(response | prompt) of each pair: a teacher-forced pass, summed over the response tokens."""
-    device = _device(model)
-    keeps_logits = "logits_to_keep" in inspect.signature(_base_model(model).forward).parameters
-    order = sorted(range(len(responses)), key=lambda row: len(prompts[row]) + len(responses[row].ids))
-    totals = [0.0] * len(responses)
-    with _inference(model):
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
-            kept = max(len(responses[row].ids) for row in batch)
-            sequences = [[*prompts[row], *responses[row].ids] for row in batch]
-            input_ids, attention_mask = _left_padded(sequences, pad_id, device)
-            position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-            extra = {"logits_to_keep": kept + 1} if keeps_logits else {}
-            logits = model(
-                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **extra
-            )
-            logits = logits.logits[:, -(kept + 1) : -1].float()
-            logps = logits.log_softmax(-1).gather(-1, input_ids[:, -kept:, None]).squeeze(-1)
-            lengths = torch.tensor([len(responses[row].ids) for row in batch], device=device)
-            scored = torch.arange(kept, device=device)[None, :] >= (kept - lengths)[:, None]
-            for row, total in zip(batch, torch.where(scored, logps, 0.0).sum(-1).tolist(), strict=True):
-                totals[row] = total
-    return totals
-
-
-def judge_metrics(
-    scores: np.ndarray,
-    sft_scores: np.ndarray,
-    lengths: np.ndarray,
-    sft_lengths: np.ndarray,
-    reference_scores: np.ndarray | None,
-    n_resamples: int,
-) -> dict:
-    """One judge's metrics from (prompts, samples) arrays of scores and lengths."""
-    vs_sft = stats.per_prompt_win_rates(scores, sft_scores)
-    metrics = {
-        "judge_score_mean": float(scores.mean()),
-        "judge_score_std": float(scores.std(ddof=1)) if scores.size > 1 else 0.0,
-        "win_rate_vs_sft": float(vs_sft.mean()),
-        "win_rate_vs_sft_ci": list(stats.bootstrap_ci(vs_sft, n_resamples, EVAL_SEED)),
-        "lc_win_rate_vs_sft": stats.length_controlled_win_rate(
-            stats.pairwise_outcomes(scores, sft_scores), stats.pairwise_differences(lengths, sft_lengths)
-        ),
-    }
-    if reference_scores is not None:
-        vs_chosen = stats.per_prompt_win_rates(scores, reference_scores)
-        metrics["win_rate_vs_chosen"] = float(vs_chosen.mean())
-        metrics["win_rate_vs_chosen_ci"] = list(stats.bootstrap_ci(vs_chosen, n_resamples, EVAL_SEED))
-    return metrics
-
-
-def response_metrics(lengths: Sequence[int], texts: Sequence[str], max_new_tokens: int) -> dict:
-    """Length statistics (tokens) and the mean number of whitespace-separated words."""
-    words = [len(text.split()) for text in texts]
-    return {**stats.length_stats(lengths, max_new_tokens), "words_mean": float(np.mean(words))}
 
 
 class Evaluator:
@@ -294,7 +72,7 @@ class Evaluator:
         device=None,
         log: Callable[[str], None] = print,
     ):
-        from sweep.data import load_eval_prompts
+        from sweep.hf.data import load_eval_prompts
 
         self.recipe, self.settings = recipe, recipe.eval
         self.sft_model, self.tokenizer, self.log = sft_model, tokenizer, log
@@ -390,9 +168,9 @@ class Evaluator:
             "prompts": [[item.prompt, item.reference] for item in self.items],
             "eval": {name: getattr(self.settings, name) for name in BASELINE_FIELDS},
             "judges": [judge.model_dump(mode="json") for judge in self.recipe.judges],
-            "versions": {name: version(name) for name in ("torch", "transformers")},
+            "versions": package_versions("torch", "transformers"),
         }
-        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return json_digest(payload)
 
     def _baseline(self) -> dict:
         """The cached SFT baseline when its key matches, else computed and cached (one worker at a time)."""
@@ -480,7 +258,7 @@ class Evaluator:
         logp_policy = sequence_logps(policy, prompts, responses, batch, self.pad_id)
         logp_sft = sequence_logps(self.sft_model, prompts, responses, batch, self.pad_id)
         tokens = [len(response.ids) for response in responses]
-        kl, per_token = stats.kl_estimate(logp_policy, logp_sft, tokens)
+        kl, per_token = estimators.kl_estimate(logp_policy, logp_sft, tokens)
         samples = [
             {"response": self._text(response), "tokens": n, "logp_policy": lp, "logp_sft": ls}
             for response, n, lp, ls in zip(responses, tokens, logp_policy, logp_sft, strict=True)

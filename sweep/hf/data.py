@@ -1,4 +1,4 @@
-"""Preference data and evaluation prompts from local files, Hub datasets, or the built-in task.
+"""Preference data and evaluation prompts from local files or Hub datasets, validated row by row.
 
 Rows come out in TRL's standard formats: plain (`prompt`, `chosen`, `rejected` strings) or
 conversational (lists of `{role, content}` messages). Local JSONL/JSON/CSV/Parquet files are read
@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from sweep.errors import UserError
-from sweep.recipe import DATA_SUFFIXES, EvalData, Source, TrainData
+from sweep.io import first_line
+from sweep.spec.recipe import DATA_SUFFIXES, EvalData, Source, TrainData
 
 
 @dataclass(frozen=True)
@@ -43,14 +44,12 @@ def _read_local(path: Path) -> list[dict]:
 
         return pd.read_csv(path, keep_default_na=False).to_dict(orient="records")
     except (OSError, ValueError) as error:
-        raise UserError(f"{path}: cannot read data: {str(error).splitlines()[0]}") from None
+        raise UserError(f"{path}: cannot read data: {first_line(error)}") from None
 
 
 def read_rows(source: Source, where: str) -> list[dict]:
     """All rows of a data source, as dicts."""
-    from sweep import builtin
-
-    location = builtin.resolve(source.path) if builtin.is_builtin(source.path) else source.path
+    location = source.path
     path = Path(location).expanduser()
     if path.is_file():
         if path.suffix.lower() not in DATA_SUFFIXES:
@@ -61,7 +60,7 @@ def read_rows(source: Source, where: str) -> list[dict]:
     try:
         table = datasets.load_dataset(location, source.subset, split=source.split, revision=source.revision)
     except Exception as error:  # datasets raises many types for a missing id, split or network
-        raise UserError(f"{where}: cannot load dataset {location!r}: {str(error).splitlines()[0]}") from None
+        raise UserError(f"{where}: cannot load dataset {location!r}: {first_line(error)}") from None
     return table.to_list()
 
 

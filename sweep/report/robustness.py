@@ -11,6 +11,7 @@ import pandas as pd
 
 from sweep.errors import UserError
 from sweep.report.load import RUNNING, STATES, SweepInfo, metric_columns, param_columns
+from sweep.spec import metrics
 
 NEAR_BEST = 0.05
 BUDGETS = (1, 3, 5)
@@ -35,16 +36,13 @@ class Objective:
         return values.max() if self.maximize else values.min()
 
 
-def _default_maximize(metric: str) -> bool:
-    """Direction of a metric picked with --metric: minimize KL and length keys, maximize everything else."""
-    name = metric.rsplit(".", 1)[-1]
-    return not ("kl" in name or "length" in name)
-
-
 def _worst_value(metric: str, maximize: bool, observed: pd.Series) -> float:
-    """What a failed trial scores: 0 (or 1) for a win rate, else the worst value any trial reached."""
-    if "win_rate" in metric:
-        return 0.0 if maximize else 1.0
+    """What a failed trial scores: its range's worst end for a bounded metric (a win rate: 0), else the
+    worst value any trial reached."""
+    found = metrics.metric(metric)
+    bounded = found.failure_value(maximize) if found is not None else None
+    if bounded is not None:
+        return bounded
     observed = observed.dropna()
     if observed.empty:
         return float("nan")
@@ -74,7 +72,7 @@ def resolve_objective(
             close = difflib.get_close_matches(metric, known, n=1)
             hint = f"did you mean '{close[0]}'?" if close else f"known metrics: {', '.join(sorted(known))}"
             raise UserError(f"unknown metric '{metric}' ({hint})")
-        maximize = sweep_maximize if declared == {metric} else _default_maximize(metric)
+        maximize = sweep_maximize if declared == {metric} else metrics.maximized(metric)
         values = trials[metric].astype(float) if metric in trials.columns else pd.Series(np.nan, trials.index)
     trials = trials.assign(objective=values)
     return trials, Objective(metric, maximize, _worst_value(metric, maximize, values))

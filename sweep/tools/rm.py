@@ -21,37 +21,18 @@ import tempfile
 import time
 from collections.abc import Callable
 from functools import partial
-from importlib.metadata import version
 from pathlib import Path
 
 import torch
-from transformers import PrinterCallback, TrainerCallback
 
 from sweep import __version__
 from sweep.errors import UserError
-from sweep.io import utc_now, write_json
+from sweep.hf.judges import score_ids
+from sweep.hf.loading import load_tokenizer
+from sweep.hf.quiet import QUIET_ARGS, quiet_trainer
+from sweep.io import package_versions, utc_now, write_json
 
 SUMMARY_FILE = "posweep_rm.json"
-QUIET_ARGS = {"logging_steps": 0.2, "save_strategy": "no", "report_to": "none", "disable_tqdm": True}
-"""TRL arguments for a training run that logs through `quiet_trainer` and saves nothing on its own."""
-
-
-class ProgressLog(TrainerCallback):
-    """Sends each of a trainer's loss logs to a `log` callable as one line."""
-
-    def __init__(self, label: str, log: Callable[[str], None]):
-        self.label, self.log = label, log
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "loss" in logs:
-            self.log(f"{self.label}: step {state.global_step}/{state.max_steps}, loss {logs['loss']:.4f}")
-
-
-def quiet_trainer(trainer, label: str, log: Callable[[str], None]):
-    """Make a trainer report its losses through `log` instead of printing them; return it."""
-    trainer.remove_callback(PrinterCallback)
-    trainer.add_callback(ProgressLog(label, log))
-    return trainer
 
 
 def sequence_ids(tokenizer, prompt, response) -> list[int]:
@@ -62,24 +43,6 @@ def sequence_ids(tokenizer, prompt, response) -> list[int]:
     if not text.endswith(tokenizer.eos_token):
         text += tokenizer.eos_token
     return tokenizer(text)["input_ids"]
-
-
-@torch.no_grad()
-def score_ids(model, pad_token_id: int, sequences: list[list[int]], batch_size: int = 32) -> list[float]:
-    """Reward of each token-id sequence, in right-padded batches as in training."""
-    model.eval()
-    device = next(model.parameters()).device
-    scores: list[float] = []
-    for start in range(0, len(sequences), batch_size):
-        batch = sequences[start : start + batch_size]
-        input_ids = torch.full((len(batch), max(map(len, batch))), pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros_like(input_ids)
-        for row, ids in enumerate(batch):
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            attention_mask[row, : len(ids)] = 1
-        logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
-        scores += logits[:, 0].float().tolist()
-    return scores
 
 
 def score(model, tokenizer, prompts: list, responses: list, batch_size: int = 32) -> list[float]:
@@ -104,22 +67,6 @@ def _check_pairs(pairs, eval_fraction: float) -> int:
             f"{len(pairs)} preference pairs are too few to hold out a fraction of {eval_fraction}"
         )
     return n_heldout
-
-
-def load_tokenizer(name: str, trust_remote_code: bool = False):
-    """A tokenizer (directory or Hub id) with a pad token (eos if it has none); UserError if it fails."""
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"cannot load the tokenizer of {name!r}: {reason}") from None
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise UserError(f"the tokenizer of {name!r} has neither a pad token nor an eos token")
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
 
 
 def _temporary_sibling(out_dir: Path) -> Path:
@@ -226,7 +173,7 @@ def train_reward_model(
             "created": created,
             "versions": {
                 "posweep": __version__,
-                **{name: version(name) for name in ("torch", "transformers", "trl")},
+                **package_versions("torch", "transformers", "trl"),
             },
         }
         write_json(build / SUMMARY_FILE, summary)

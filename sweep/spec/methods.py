@@ -1,4 +1,4 @@
-"""The *PO method registry: one entry per method, and nothing else to edit to add one.
+"""The *PO method registry and its hyperparameters: one entry per method, nothing else to edit to add one.
 
 Each entry names its TRL trainer and config (as lazy import strings, so this module never imports
 torch or trl), the hyperparameters it takes, how they map onto TRL config fields, its data format,
@@ -18,10 +18,15 @@ from sweep.errors import UserError
 
 @dataclass(frozen=True)
 class Hyperparameter:
-    """One tunable knob, with the same name for every method that takes it."""
+    """One tunable knob, with the same name for every method that takes it.
+
+    `abbreviation` names it in trial ids, `label` on report axes; `integer` knobs are sampled as integers.
+    """
 
     name: str
     help: str
+    abbreviation: str
+    label: str
     low: float | None = None
     high: float | None = None
     low_inclusive: bool = False
@@ -46,16 +51,39 @@ HYPERPARAMETERS: Mapping[str, Hyperparameter] = MappingProxyType(
     {
         h.name: h
         for h in (
-            Hyperparameter("beta", "strength of the implicit KL penalty (IPO's tau, ORPO's lambda)", low=0.0),
-            Hyperparameter("gamma", "SimPO target reward margin (absolute)", low=0.0, low_inclusive=True),
-            Hyperparameter("gamma_beta_ratio", "SimPO margin as gamma/beta", low=0.0, low_inclusive=True),
-            Hyperparameter("learning_rate", "optimizer peak learning rate", low=0.0, high=1.0),
             Hyperparameter(
-                "alpha", "TR soft update: ref <- alpha*policy + (1-alpha)*ref every step", 0.0, 1.0
+                "beta", "strength of the implicit KL penalty (IPO's tau, ORPO's lambda)", "b", "β (beta)", 0.0
+            ),
+            Hyperparameter(
+                "gamma",
+                "SimPO target reward margin (absolute)",
+                "g",
+                "γ (gamma, target reward margin)",
+                0.0,
+                low_inclusive=True,
+            ),
+            Hyperparameter(
+                "gamma_beta_ratio",
+                "SimPO margin as gamma/beta",
+                "gbr",
+                "γ/β (gamma_beta_ratio)",
+                0.0,
+                low_inclusive=True,
+            ),
+            Hyperparameter("learning_rate", "optimizer peak learning rate", "lr", "learning rate", 0.0, 1.0),
+            Hyperparameter(
+                "alpha",
+                "TR soft update: ref <- alpha*policy + (1-alpha)*ref every step",
+                "a",
+                "α (reference mix-in, alpha)",
+                0.0,
+                1.0,
             ),
             Hyperparameter(
                 "tau",
                 "TR hard update: copy the policy into the reference every tau steps",
+                "t",
+                "τ (reference sync every τ steps)",
                 1.0,
                 low_inclusive=True,
                 integer=True,
@@ -63,6 +91,8 @@ HYPERPARAMETERS: Mapping[str, Hyperparameter] = MappingProxyType(
             Hyperparameter(
                 "label_smoothing",
                 "cDPO label noise epsilon",
+                "ls",
+                "ε (label smoothing)",
                 0.0,
                 0.5,
                 low_inclusive=True,
@@ -72,6 +102,8 @@ HYPERPARAMETERS: Mapping[str, Hyperparameter] = MappingProxyType(
             Hyperparameter(
                 "ld_alpha",
                 "LD-DPO weight of tokens past the shared length",
+                "lda",
+                "LD-DPO α (weight past the shared length)",
                 0.0,
                 1.0,
                 low_inclusive=True,
@@ -180,6 +212,7 @@ _CPO = ("trl.experimental.cpo:CPOTrainer", "trl.experimental.cpo:CPOConfig")
 _KTO = ("trl:KTOTrainer", "trl:KTOConfig")
 _LR = (3e-7, 5e-7, 1e-6)
 _TR = {"alpha": (0.3, 0.5, 0.7), "tau": (64, 128, 256, 512)}
+
 
 REGISTRY: Mapping[str, Method] = MappingProxyType(
     {
@@ -302,6 +335,19 @@ REGISTRY: Mapping[str, Method] = MappingProxyType(
         )
     }
 )
+
+
+def method_trl_fields() -> frozenset[str]:
+    """Every TRL config field a registry method sets, from its hyperparameters or as a fixed setting."""
+    found: set[str] = set()
+    for method in REGISTRY.values():
+        grouped = (*method.alternatives, *method.exclusive)
+        for choice in grouped or (None,):
+            params = {name: value for name, value in method.defaults.items() if name not in grouped}
+            if choice is not None:
+                params[choice] = method.defaults[choice]
+            found |= set(method.trl_fields(params))
+    return frozenset(found)
 
 
 def get_method(name: str) -> Method:

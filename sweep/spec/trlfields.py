@@ -4,6 +4,7 @@
 installed, but importing them costs seconds (torch, transformers). Dataclass fields are class-level
 annotated assignments, so they can be read from the source files with `ast`, following base classes
 through the import statements and the lazy `_import_structure` tables of trl and transformers.
+`POSWEEP_TRL_FIELDS` are the fields posweep sets itself, which a recipe may not override.
 """
 
 from __future__ import annotations
@@ -12,6 +13,11 @@ import ast
 import functools
 import importlib.util
 from pathlib import Path
+
+POSWEEP_TRL_FIELDS = {
+    "output_dir", "seed", "data_seed", "report_to", "logging_dir", "disable_tqdm", "save_strategy",
+    "eval_strategy", "logging_nan_inf_filter", "use_cpu", "bf16", "fp16", "loss_weights",
+}  # fmt: skip
 
 
 def _module_file(module: str) -> Path | None:

@@ -14,19 +14,9 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from sweep.methods import REGISTRY
-from sweep.recipe import Distribution, ParamSpace, Recipe
+from sweep.spec.methods import HYPERPARAMETERS, REGISTRY
+from sweep.spec.recipe import Distribution, ParamSpace, Recipe
 
-ABBREVIATIONS = {
-    "beta": "b",
-    "gamma": "g",
-    "gamma_beta_ratio": "gbr",
-    "learning_rate": "lr",
-    "alpha": "a",
-    "tau": "t",
-    "label_smoothing": "ls",
-    "ld_alpha": "lda",
-}
 PLAN_SECTIONS = ("model", "data", "judge", "methods", "search", "train", "eval")
 
 
@@ -91,7 +81,9 @@ def trial_id(method: str, params: Mapping[str, float], seed: int, variant: str |
     """A readable id, stable across runs and machines: e.g. 'dpo-b0.1-lr5e-07-s0'."""
     order = REGISTRY[method].hyperparameters
     parts = [
-        f"{ABBREVIATIONS.get(name, name)}{format_value(params[name])}" for name in order if name in params
+        f"{HYPERPARAMETERS[name].abbreviation}{format_value(params[name])}"
+        for name in order
+        if name in params
     ]
     prefix = f"{variant}-" if variant else ""
     return f"{prefix}{method}-{'-'.join(parts)}-s{seed}"

@@ -1,0 +1,1 @@
+"""The sweep engine: storage, the trial queue, workers, progress, status and SLURM."""

@@ -1,0 +1,120 @@
+"""Opening a sweep: its folder (a changed plan is refused), its study, its sweep.json and recipe.yaml."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sweep.engine.queue import Sweep, sampled_ids
+from sweep.engine.storage import _pruner, _sampler, mask_url, open_storage, storage_url
+from sweep.errors import UserError
+from sweep.io import file_lock, git_revision, package_versions, read_json, utc_now, write_json, write_text
+from sweep.spec.plan import Plan, plan_recipe
+from sweep.spec.recipe import Recipe
+
+
+def _choose_folder(recipe: Recipe, root: Path, plan: Plan, new: bool) -> Path:
+    """The sweep folder for this recipe; refuse (or pick a new folder) when its plan changed."""
+    folder = root / recipe.name
+    meta_file = folder / "sweep.json"
+    if not meta_file.exists():
+        return folder
+    meta = read_json(meta_file)
+    if meta.get("plan_hash") == plan.hash:
+        return folder
+    if not new:
+        old = meta.get("plan_sections", {})
+        changed = [k for k, v in plan.section_hashes.items() if old.get(k) != v] or ["plan"]
+        raise UserError(
+            f"{folder} holds a sweep of a different plan (changed: {', '.join(changed)}); restore the recipe "
+            f"to resume it, or pass --new to start a new sweep folder"
+        )
+    index = 2
+    while (root / f"{recipe.name}-{index}" / "sweep.json").exists():
+        index += 1
+    return root / f"{recipe.name}-{index}"
+
+
+def open_sweep(
+    recipe: Recipe, results: Path | None = None, storage: str | None = None, new: bool = False
+) -> Sweep:
+    """Create or reopen the sweep folder and its Optuna study; write sweep.json and recipe.yaml."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    plan = plan_recipe(recipe)
+    root = Path(results if results is not None else recipe.execution.results_dir)
+    folder = _choose_folder(recipe, root, plan, new)
+    url = storage_url(storage or recipe.execution.storage)
+    with file_lock(folder / ".lock"):
+        study = optuna.create_study(
+            storage=open_storage(url, folder),
+            study_name=folder.name,
+            direction=recipe.eval.direction,
+            sampler=_sampler(recipe),
+            pruner=_pruner(recipe),
+            load_if_exists=True,
+        )
+        display = mask_url(url) if url else "journal:study.journal"
+        sweep = Sweep(folder, recipe, plan, study, display)
+        stored = recipe.execution.storage and mask_url(recipe.execution.storage)
+        shown = recipe.execution.model_copy(update={"storage": stored})
+        write_text(folder / "recipe.yaml", recipe.model_copy(update={"execution": shown}).dump())
+        write_sweep_json(sweep)
+    return sweep
+
+
+def write_sweep_json(sweep: Sweep, **extra: Any) -> None:
+    """(Re)write sweep.json, keeping the creation time and any earlier extra keys."""
+    path = sweep.dir / "sweep.json"
+    old = read_json(path) if path.exists() else {}
+    planned = [t.trial_id for t in sweep.plan.trials] if sweep.plan.strategy == "grid" else sampled_ids(sweep)
+    meta = {
+        **old,
+        "name": sweep.recipe.name,
+        "folder": sweep.dir.name,
+        "created": old.get("created", utc_now()),
+        "updated": utc_now(),
+        "storage": sweep.storage_display,
+        "study": sweep.study.study_name,
+        "plan_hash": sweep.plan.hash,
+        "plan_sections": dict(sweep.plan.section_hashes),
+        "strategy": sweep.plan.strategy,
+        "planned_total": sweep.plan.total,
+        "planned_trials": planned,
+        "methods": list(sweep.plan.spaces),
+        "objective": {"metric": sweep.recipe.eval.objective, "direction": sweep.recipe.eval.direction},
+        "versions": package_versions(),
+        "git_revision": git_revision(),
+        **extra,
+    }
+    write_json(path, meta)
+
+
+def open_sweep_folder(recipe: Recipe, folder: Path, storage: str | None) -> Sweep:
+    """Reopen an existing sweep folder (a worker joining a sweep its runner created)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = storage_url(storage)
+    study = optuna.load_study(
+        study_name=folder.name,
+        storage=open_storage(url, folder),
+        sampler=_sampler(recipe),
+        pruner=_pruner(recipe),
+    )
+    return Sweep(
+        folder, recipe, plan_recipe(recipe), study, mask_url(url) if url else "journal:study.journal"
+    )
+
+
+def sweep_storage(folder: Path, storage: str | None) -> str | None:
+    """The storage a worker should use for an existing sweep folder: the flag, else the journal file."""
+    if storage is not None:
+        return storage
+    meta = read_json(folder / "sweep.json")
+    if meta.get("storage", "journal:").startswith("journal:"):
+        return None
+    raise UserError(
+        f"{folder}: this sweep's study is in {meta['storage']}; pass --storage URL (or env:VAR) to join it"
+    )

@@ -1,0 +1,280 @@
+"""The trial queue on the Optuna study: enqueue, claim exactly once, heartbeat, close, reconcile.
+
+Every trial is an Optuna trial. Grid points are enqueued once (WAITING) and claimed by exactly one
+worker: claiming flips WAITING -> RUNNING through the storage, which is atomic (a row lock in SQL
+databases, a file lock for the journal file). Random/TPE sweeps enqueue one slot per (method, seed,
+k) with only the method fixed, and the study's sampler fills in the hyperparameters when a worker
+claims the slot. A trial that failed, was interrupted, or whose worker died is re-enqueued under
+the same posweep id (failures up to `execution.max_retries` times); complete ones never run again.
+
+Every use of Optuna's private API (storage, study and trial ids) is in this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sweep.io import file_lock, utc_now
+from sweep.spec.methods import HYPERPARAMETERS, REGISTRY
+from sweep.spec.plan import Plan, TrialSpec, sampled_trial_id
+from sweep.spec.recipe import Distribution, Recipe
+
+HEARTBEAT_S = 10.0
+GRACE_S = 60.0
+FINAL_STATES = ("complete", "pruned", "diverged")
+ATTR = "posweep"
+
+
+@dataclass
+class Sweep:
+    """An opened sweep: its folder, recipe, plan and Optuna study."""
+
+    dir: Path
+    recipe: Recipe
+    plan: Plan
+    study: Any
+    storage_display: str
+
+    @property
+    def storage(self):
+        """The study's Optuna storage."""
+        return self.study._storage
+
+
+def _slot_key(attrs: dict) -> str:
+    """What identifies a planned unit of work: the grid trial id, or a random/TPE slot."""
+    return attrs.get("slot") or attrs["trial_id"]
+
+
+def _planned_slots(sweep: Sweep) -> dict[str, dict]:
+    """Every planned unit of work, keyed by slot, with the attributes its Optuna trial carries."""
+    if sweep.plan.strategy == "grid":
+        return {t.trial_id: {**t.to_json(), "params": dict(t.params)} for t in sweep.plan.trials}
+    slots = {}
+    for variant in sweep.plan.variants:
+        for method in sweep.plan.spaces:
+            for seed in sweep.plan.seeds:
+                for k in range(sweep.plan.n_trials or 0):
+                    slot = f"{variant + '/' if variant else ''}{method}/s{seed}/{k}"
+                    slots[slot] = {"slot": slot, "method": method, "seed": seed, "variant": variant}
+    return slots
+
+
+def _is_alive(trial, attrs: dict) -> bool:
+    """Whether the worker holding a RUNNING trial still lives.
+
+    On this host its process must exist; elsewhere its heartbeat must be recent. A trial claimed but
+    not yet stamped with its worker counts as alive for GRACE_S after the claim.
+    """
+    if attrs.get("host") == socket.gethostname() and attrs.get("pid"):
+        try:
+            os.kill(int(attrs["pid"]), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    if "heartbeat" in attrs:
+        return time.time() - float(attrs["heartbeat"]) < GRACE_S
+    started = trial.datetime_start
+    return started is not None and (datetime.now() - started).total_seconds() < GRACE_S
+
+
+@contextlib.contextmanager
+def queue_lock(sweep: Sweep) -> Iterator[None]:
+    """Serialize queue bookkeeping between all workers of a sweep, wherever they run.
+
+    A study in PostgreSQL is locked in the database itself (an advisory lock, released by the server
+    when its holder dies), so no point is enqueued twice even where the shared filesystem's locks are
+    node-local; other storages use the sweep folder's lock.
+    """
+    engine = getattr(getattr(sweep.storage, "_backend", sweep.storage), "engine", None)
+    if engine is None or engine.dialect.name != "postgresql":
+        with file_lock(sweep.dir / ".lock"):
+            yield
+        return
+    from sqlalchemy import text
+
+    digest = hashlib.sha256(f"posweep:{sweep.study.study_name}".encode()).digest()
+    key = int.from_bytes(digest[:8], "big", signed=True)
+    with engine.connect() as connection:
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+        connection.commit()
+        try:
+            yield
+        finally:
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+            connection.commit()
+
+
+def reconcile(sweep: Sweep) -> dict[str, int]:
+    """Bring the queue in line with the plan; return counts of slots by what is left to do.
+
+    Stale RUNNING trials (dead worker) are closed as interrupted (same host, process gone) or failed
+    (no heartbeat within the grace period); every planned slot that has no complete, waiting or live
+    running trial is enqueued, unless it failed more than `max_retries` times.
+    """
+    from optuna.trial import TrialState
+
+    storage = sweep.storage
+    counts = {"done": 0, "queued": 0, "running": 0, "given_up": 0}
+    with queue_lock(sweep):
+        trials = sweep.study.get_trials(deepcopy=False)
+        by_slot: dict[str, list] = {}
+        for trial in trials:
+            attrs = trial.user_attrs.get(ATTR)
+            if attrs is None:
+                continue
+            if trial.state == TrialState.RUNNING and not _is_alive(trial, attrs):
+                elsewhere = "host" in attrs and attrs["host"] != socket.gethostname()
+                state = "failed" if elsewhere else "interrupted"
+                _close(sweep, trial._trial_id, attrs, state, "worker_died")
+                attrs = {**attrs, "state": state, "reason": "worker_died"}
+                trial = storage.get_trial(trial._trial_id)
+            by_slot.setdefault(_slot_key(attrs), []).append((trial, trial.user_attrs.get(ATTR, attrs)))
+        for slot, base in _planned_slots(sweep).items():
+            history = by_slot.get(slot, [])
+            states = [
+                "complete" if trial.state == TrialState.COMPLETE else attrs.get("state")
+                for trial, attrs in history
+            ]
+            if any(s in FINAL_STATES for s in states):
+                counts["done"] += 1
+            elif any(t.state == TrialState.WAITING for t, _ in history):
+                counts["queued"] += 1
+            elif any(t.state == TrialState.RUNNING for t, _ in history):
+                counts["running"] += 1
+            elif states.count("failed") > sweep.recipe.execution.max_retries:
+                counts["given_up"] += 1
+            else:
+                _enqueue(sweep, base, history)
+                counts["queued"] += 1
+    return counts
+
+
+def _enqueue(sweep: Sweep, base: dict, history: list) -> None:
+    """Enqueue one planned slot; a retry of a sampled trial keeps its sampled hyperparameters."""
+    attempt = len(history) + 1
+    params = history[-1][0].params if history and sweep.plan.strategy != "grid" else {}
+    if sweep.plan.strategy != "grid" and not params:
+        params = {"method": base["method"]}
+    sweep.study.enqueue_trial(params, user_attrs={ATTR: {**base, "attempt": attempt, "state": "queued"}})
+
+
+def _close(
+    sweep: Sweep, trial_id: int, attrs: dict, state: str, reason: str | None, value: float | None = None
+):
+    """Record a posweep state on an Optuna trial and finish it (unless another worker already closed it)."""
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    storage = sweep.storage
+    with contextlib.suppress(UpdateFinishedTrialError):
+        storage.set_trial_user_attr(
+            trial_id, ATTR, {**attrs, "state": state, "reason": reason, "finished": utc_now()}
+        )
+        if state == "complete" and value is not None:
+            storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [value])
+        elif state == "pruned":
+            storage.set_trial_state_values(trial_id, TrialState.PRUNED)
+        else:
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
+
+
+def claim(sweep: Sweep):
+    """Atomically take the next WAITING trial (an optuna.Trial), or None when none is left."""
+    import optuna
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    storage = sweep.storage
+    for frozen in storage.get_all_trials(sweep.study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
+        try:
+            if storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
+                return optuna.Trial(sweep.study, frozen._trial_id)
+        except UpdateFinishedTrialError:
+            continue
+    return None
+
+
+def _suggest(sweep: Sweep, trial) -> tuple[str, dict[str, float]]:
+    """Sample a random/TPE trial's hyperparameters in its method's conditional space."""
+    method = trial.suggest_categorical("method", list(sweep.plan.spaces))
+    space = dict(sweep.plan.spaces[method])
+    alternatives = [name for name in REGISTRY[method].alternatives if name in space]
+    if len(alternatives) > 1:
+        keep = trial.suggest_categorical(f"{method}.mode", alternatives)
+        space = {name: values for name, values in space.items() if name not in alternatives or name == keep}
+    params = {}
+    for name, values in space.items():
+        key = f"{method}.{name}"
+        if isinstance(values, Distribution):
+            if HYPERPARAMETERS[name].integer:
+                params[name] = float(
+                    trial.suggest_int(key, int(values.low), int(values.high), log=values.log)
+                )
+            else:
+                params[name] = trial.suggest_float(key, values.low, values.high, log=values.log)
+        else:
+            params[name] = float(trial.suggest_categorical(key, list(values)))
+    return method, params
+
+
+def _spec_for(sweep: Sweep, trial) -> tuple[TrialSpec, dict]:
+    """The TrialSpec of a claimed trial (sampling it first for random/TPE) and its posweep attrs."""
+    attrs = dict(trial.user_attrs[ATTR])
+    if sweep.plan.strategy == "grid":
+        spec = TrialSpec(
+            attrs["trial_id"], attrs["method"], attrs["params"], attrs["seed"], attrs.get("variant")
+        )
+    else:
+        method, params = _suggest(sweep, trial)
+        variant = attrs.get("variant")
+        spec = TrialSpec(
+            sampled_trial_id(method, params, attrs["seed"], variant), method, params, attrs["seed"], variant
+        )
+        attrs.update(trial_id=spec.trial_id, params=params)
+    return spec, attrs
+
+
+class Heartbeat:
+    """A thread that stamps the held trial as alive every HEARTBEAT_S seconds."""
+
+    def __init__(self, sweep: Sweep, trial_id: int, attrs: dict):
+        self._stop = threading.Event()
+        self._args = (sweep, trial_id, attrs)
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        sweep, trial_id, attrs = self._args
+        while not self._stop.wait(HEARTBEAT_S):
+            with contextlib.suppress(Exception):
+                sweep.storage.set_trial_user_attr(trial_id, ATTR, {**attrs, "heartbeat": time.time()})
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def sampled_ids(sweep: Sweep) -> list[str]:
+    return sorted(
+        {
+            t.user_attrs[ATTR]["trial_id"]
+            for t in sweep.study.get_trials(deepcopy=False)
+            if "trial_id" in t.user_attrs.get(ATTR, {})
+        }
+    )

@@ -1,0 +1,318 @@
+"""Workers: run claimed trials in this process or in spawned ones, one environment per device; `posweep run`.
+
+A worker loop claims a trial, runs it through `sweep.train.trial.Worker` with the evaluator, and closes it
+with its state; it stops when nothing is queued and no other live worker holds a trial it could take over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from sweep.engine.folder import Sweep, open_sweep, open_sweep_folder, sweep_storage, write_sweep_json
+from sweep.engine.progress import Event, Progress
+from sweep.engine.queue import ATTR, Heartbeat, _close, _spec_for, claim, reconcile
+from sweep.engine.status import summarize
+from sweep.errors import UserError
+from sweep.io import utc_now
+from sweep.spec.recipe import Locate, Recipe, as_given
+
+POLL_S = 2.0
+
+
+def worker_loop(
+    sweep: Sweep,
+    device: str,
+    max_trials: int | None,
+    on_event: Callable[[Event], None],
+    log: Callable[[str], None],
+    setup_s: float = 0.0,
+    locate: Locate = as_given,
+) -> int:
+    """Claim and run trials until none is left (or max_trials ran); return how many ran.
+
+    `setup_s` (time this process already spent importing) and the worker's own setup are reported
+    with the first finished trial, so the sweep can tell orchestration overhead from work. `locate`
+    turns the recipe's references into loadable ones (the entry points pass the built-in resolver).
+    """
+    importing = time.perf_counter()
+    from sweep.train.trial import Worker
+
+    setup_s += time.perf_counter() - importing
+
+    recipe, folder = sweep.recipe.located(locate), sweep.dir
+
+    def evaluator(model, tokenizer):
+        from sweep.evaluate.evaluator import Evaluator
+
+        return Evaluator(recipe, model, tokenizer, folder, device, log)
+
+    worker = Worker(recipe, folder, device=device, log=log, evaluator_factory=evaluator)
+    ran = 0
+    while max_trials is None or ran < max_trials:
+        trial = claim(sweep)
+        if trial is None:
+            if reconcile(sweep)["queued"] == 0:
+                if _others_running(sweep):
+                    time.sleep(POLL_S)
+                    continue
+                break
+            continue
+        spec, attrs = _spec_for(sweep, trial)
+        attrs.update(
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            heartbeat=time.time(),
+            state="running",
+            started=utc_now(),
+        )
+        sweep.storage.set_trial_user_attr(trial._trial_id, ATTR, attrs)
+
+        def report(step: int, value: float, trial=trial) -> bool:
+            trial.report(value, step)
+            return trial.should_prune()
+
+        started = time.perf_counter()
+        try:
+            with Heartbeat(sweep, trial._trial_id, attrs):
+                result = worker.run(spec, attempt=attrs.get("attempt", 1), report=report)
+        except KeyboardInterrupt:
+            _close(sweep, trial._trial_id, attrs, "interrupted", "interrupted")
+            raise
+        reason = (result.error or {}).get("reason")
+        _close(
+            sweep,
+            trial._trial_id,
+            {**attrs, "objective": result.objective},
+            result.state,
+            reason,
+            result.objective,
+        )
+        seconds = time.perf_counter() - started
+        trial_s = (result.metrics.get("time_s") or {}).get("total", seconds)
+        setup = setup_s + worker.setup_s if ran == 0 else 0.0
+        attempt = attrs.get("attempt", 1)
+        on_event(
+            Event(spec.trial_id, result.state, result.objective, seconds, reason, attempt, trial_s, setup)
+        )
+        ran += 1
+    return ran
+
+
+def _others_running(sweep: Sweep) -> bool:
+    """Whether another live worker still holds a trial (so this one should wait to take over if it dies)."""
+    from optuna.trial import TrialState
+
+    running = sweep.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    return any(ATTR in t.user_attrs and t.user_attrs[ATTR].get("pid") != os.getpid() for t in running)
+
+
+def _device_plan(recipe: Recipe, workers: int | None) -> list[dict[str, str]]:
+    """One environment per worker: CUDA_VISIBLE_DEVICES pinning on GPUs, thread counts on CPU."""
+    devices = recipe.execution.devices
+    gpus: list[int] = []
+    if devices != "cpu":
+        if isinstance(devices, list):
+            gpus = list(devices)
+        else:
+            import torch
+
+            gpus = list(range(torch.cuda.device_count()))
+    count = workers or (len(gpus) if gpus else recipe.execution.workers)
+    if gpus:
+        return [
+            {"CUDA_VISIBLE_DEVICES": str(gpus[i % len(gpus)]), "POSWEEP_DEVICE": "cuda"} for i in range(count)
+        ]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = str(recipe.execution.cpu_threads or (1 if cores <= 4 else max(1, cores // count)))
+    return [{"CUDA_VISIBLE_DEVICES": "", "POSWEEP_DEVICE": "cpu", "POSWEEP_THREADS": threads}] * count
+
+
+def _worker_process(
+    recipe_yaml: str,
+    results: str,
+    storage: str | None,
+    env: dict,
+    max_trials: int | None,
+    queue,
+    locate: Locate,
+) -> None:
+    """Body of a spawned worker process: pin devices, open the sweep, run trials, report events."""
+    os.environ.update(env)
+    import yaml
+
+    recipe = Recipe.model_validate(yaml.safe_load(recipe_yaml))
+    importing = time.perf_counter()
+    _configure_process(env)
+    setup_s = time.perf_counter() - importing
+    sweep = open_sweep_folder(recipe, Path(results), storage)
+    with contextlib.suppress(KeyboardInterrupt):
+        worker_loop(
+            sweep,
+            env["POSWEEP_DEVICE"],
+            max_trials,
+            queue.put,
+            lambda line: queue.put(("log", line)),
+            setup_s,
+            locate,
+        )
+
+
+def _configure_process(env: dict) -> None:
+    """Quiet library logging and set the torch thread count for this worker."""
+    import warnings
+
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore")
+    import logging
+
+    import datasets
+    import torch
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    for name in ("trl", "accelerate", "datasets"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    if env.get("POSWEEP_THREADS"):
+        torch.set_num_threads(int(env["POSWEEP_THREADS"]))
+
+
+def run_worker(
+    folder: str | Path,
+    storage: str | None = None,
+    max_trials: int | None = None,
+    quiet: bool = True,
+    locate: Locate = as_given,
+) -> int:
+    """`posweep worker` (and each SLURM array task): join a sweep and run trials until none is left."""
+    import yaml
+
+    folder = Path(folder)
+    if not (folder / "sweep.json").exists() or not (folder / "recipe.yaml").exists():
+        raise UserError(
+            f"{folder} is not a sweep folder (it needs sweep.json and recipe.yaml from posweep run)"
+        )
+    recipe = Recipe.model_validate(yaml.safe_load((folder / "recipe.yaml").read_text(encoding="utf-8")))
+    given_gpus = os.environ.get("CUDA_VISIBLE_DEVICES") and recipe.execution.devices != "cpu"
+    env = {"POSWEEP_DEVICE": "cuda"} if given_gpus else _device_plan(recipe, 1)[0]
+    os.environ.update(env)
+    _configure_process(env)
+    sweep = open_sweep_folder(recipe, folder, sweep_storage(folder, storage))
+    progress = Progress(sweep.plan.total, reconcile(sweep)["done"], quiet)
+    try:
+        worker_loop(sweep, env["POSWEEP_DEVICE"], max_trials, progress, progress.log, locate=locate)
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        progress.close()
+    progress.log(summarize(folder))
+    return 0
+
+
+def run_sweep(
+    recipe: Recipe,
+    results: Path | None = None,
+    workers: int | None = None,
+    storage: str | None = None,
+    max_trials: int | None = None,
+    new: bool = False,
+    quiet: bool = False,
+    locate: Locate = as_given,
+) -> int:
+    """`posweep run`: open or resume the sweep, run its trials, print a summary; return the exit code."""
+    started = time.perf_counter()
+    sweep = open_sweep(recipe, results, storage, new)
+    counts = reconcile(sweep)
+    progress = Progress(sweep.plan.total, counts["done"], quiet)
+    progress.log(
+        f"sweep {sweep.dir} ({sweep.plan.total} trials: {counts['done']} done, {counts['queued']} to run"
+        f"{', ' + str(counts['given_up']) + ' failed too often' if counts['given_up'] else ''}); "
+        f"storage {sweep.storage_display}"
+    )
+    envs = _device_plan(recipe, workers)
+    interrupted, crashed = False, []
+    try:
+        if len(envs) == 1:
+            os.environ.update(envs[0])
+            importing = time.perf_counter()
+            _configure_process(envs[0])
+            setup_s = time.perf_counter() - importing
+            device = envs[0]["POSWEEP_DEVICE"]
+            worker_loop(sweep, device, max_trials, progress, progress.log, setup_s, locate)
+        else:
+            storage = storage or recipe.execution.storage
+            crashed = _run_processes(sweep, envs, storage, max_trials, progress, locate)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        progress.close()
+    summary = summarize(sweep.dir)
+    wall = time.perf_counter() - started
+    overhead = max(0.0, wall - (progress.trial_s + progress.setup_s) / len(envs))
+    write_sweep_json(
+        sweep,
+        wall_s=round(wall, 3),
+        trials_s=round(progress.trial_s, 3),
+        setup_s=round(progress.setup_s, 3),
+        overhead_s=round(overhead, 3),
+        overhead_fraction=round(overhead / wall, 4) if wall else None,
+    )
+    progress.log(summary)
+    if interrupted:
+        progress.log("interrupted: finished trials are saved; run the same command again to resume")
+        return 130
+    if crashed:
+        progress.log(
+            f"{len(crashed)} worker process(es) crashed (exit codes {crashed}); see their errors above"
+        )
+        return 1
+    return 0
+
+
+def _run_processes(
+    sweep: Sweep,
+    envs: list[dict],
+    storage: str | None,
+    max_trials: int | None,
+    progress: Progress,
+    locate: Locate,
+) -> list[int]:
+    """Run one spawned worker process per environment, relay their events; return crashed ones' exit codes."""
+    import multiprocessing as mp
+    import queue as queue_module
+
+    context = mp.get_context("spawn")
+    events = context.Queue()
+    recipe_yaml = sweep.recipe.dump()
+    procs = [
+        context.Process(
+            target=_worker_process,
+            args=(recipe_yaml, str(sweep.dir), storage, env, max_trials, events, locate),
+            daemon=False,
+        )
+        for env in envs
+    ]
+    for proc in procs:
+        proc.start()
+    try:
+        while any(p.is_alive() for p in procs) or not events.empty():
+            try:
+                item = events.get(timeout=0.5)
+            except queue_module.Empty:
+                continue
+            if isinstance(item, tuple):
+                progress.log(item[1])
+            else:
+                progress(item)
+    finally:
+        for proc in procs:
+            proc.join(timeout=60)
+    return [proc.exitcode for proc in procs if proc.exitcode]

@@ -1,0 +1,1 @@
+"""The Hugging Face layer: loading, devices and dtypes, token formats, data, judges."""

@@ -1,0 +1,78 @@
+"""Token ids as TRL builds them: evaluation prompts, preference pairs, and the inputs judges read."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sweep.errors import UserError
+from sweep.hf.data import is_conversational
+
+
+def encode_prompt(tokenizer, prompt: str | list[dict]) -> list[int]:
+    """Prompt token ids as TRL tokenizes prompts for training."""
+    if isinstance(prompt, str):
+        ids = tokenizer(text=prompt)["input_ids"]
+    elif not tokenizer.chat_template:
+        raise UserError(
+            "the evaluation prompts are conversations but the policy's tokenizer has no chat template"
+        )
+    else:
+        ids = tokenizer.apply_chat_template(
+            prompt, add_generation_prompt=True, tokenize=True, return_dict=True
+        )
+        ids = ids["input_ids"]
+    if not ids:
+        raise UserError(f"evaluation prompt {prompt!r} is empty once tokenized")
+    return list(ids)
+
+
+def _prompt_text(prompt: str | list[dict]) -> str:
+    return prompt if isinstance(prompt, str) else "\n".join(message["content"] for message in prompt)
+
+
+def sequence_ids(tokenizer, prompt: str | list[dict], response: str, max_length: int) -> list[int]:
+    """Token ids a reward model reads for one (prompt, response) pair, truncated to max_length."""
+    if tokenizer.chat_template:
+        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+        text = tokenizer.apply_chat_template(
+            [*messages, {"role": "assistant", "content": response}], tokenize=False
+        )
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    else:
+        text = _prompt_text(prompt) + response
+        if tokenizer.eos_token and not text.endswith(tokenizer.eos_token):
+            text += tokenizer.eos_token
+        ids = tokenizer(text)["input_ids"]
+    return ids[-max_length:] if tokenizer.truncation_side == "left" else ids[:max_length]
+
+
+def _common_prefix_length(ids: Sequence[int], other: Sequence[int]) -> int:
+    length = 0
+    for token, other_token in zip(ids, other, strict=False):
+        if token != other_token:
+            break
+        length += 1
+    return length
+
+
+def pair_token_ids(tokenizer, pair: dict) -> tuple[list[int], list[int], list[int]]:
+    """(prompt, chosen, rejected) token ids of a preference row, as TRL's DPOTrainer tokenizes it."""
+    if is_conversational(pair):
+        if not tokenizer.chat_template:
+            raise UserError("the data are conversations but the model's tokenizer has no chat template")
+
+        def encode(messages: list[dict], **options) -> list[int]:
+            encoded = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **options)
+            return list(encoded["input_ids"])
+
+        prompt = encode(pair["prompt"], add_generation_prompt=True)
+        full = [encode(pair["prompt"] + pair[field]) for field in ("chosen", "rejected")]
+    else:
+        eos = tokenizer.eos_token or ""
+        prompt = tokenizer(pair["prompt"])["input_ids"]
+        full = [
+            tokenizer(pair["prompt"] + pair[field] + ("" if pair[field].endswith(eos) else eos))["input_ids"]
+            for field in ("chosen", "rejected")
+        ]
+    start = min(_common_prefix_length(prompt, ids) for ids in full)
+    return list(prompt[:start]), list(full[0][start:]), list(full[1][start:])

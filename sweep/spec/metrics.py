@@ -1,0 +1,87 @@
+"""The metric catalog: each metric's direction, range, label, unit and value for a failed trial.
+
+Every rule about a metric reads this table: the recipe's objective names and directions, the report's axis
+labels and histogram bins, and the value a failed trial counts as. Keys may carry a judge prefix
+(`gold.win_rate_vs_sft` is the `gold` judge's win rate); `metric(key)` strips it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric a trial reports."""
+
+    name: str
+    label: str
+    unit: str
+    direction: Literal["maximize", "minimize"]
+    low: float | None = None
+    high: float | None = None
+
+    @property
+    def maximize(self) -> bool:
+        """Whether a larger value is better."""
+        return self.direction == "maximize"
+
+    @property
+    def bounded(self) -> bool:
+        """Whether the metric has a fixed range (a fraction such as a win rate)."""
+        return self.low is not None and self.high is not None
+
+    @property
+    def axis_label(self) -> str:
+        """The label with its unit."""
+        return f"{self.label} ({self.unit})"
+
+    def failure_value(self, maximize: bool) -> float | None:
+        """What a failed trial scores on a bounded metric (its range's worst end); None when unbounded."""
+        if not self.bounded:
+            return None
+        return self.low if maximize else self.high
+
+
+CATALOG: dict[str, Metric] = {
+    m.name: m
+    for m in (
+        Metric("win_rate_vs_sft", "win rate vs SFT", "fraction of prompts", "maximize", 0.0, 1.0),
+        Metric("lc_win_rate_vs_sft", "length-controlled win rate vs SFT", "fraction", "maximize", 0.0, 1.0),
+        Metric("win_rate_vs_chosen", "win rate vs dataset's chosen", "fraction", "maximize", 0.0, 1.0),
+        Metric("judge_score_mean", "mean judge score", "judge units", "maximize"),
+        Metric("kl_to_sft", "KL to SFT", "nats per response", "minimize"),
+        Metric("kl_to_sft_per_token", "KL to SFT per token", "nats/token", "minimize"),
+        Metric("length_mean", "mean response length", "tokens", "minimize", 0.0),
+    )
+}
+OBJECTIVES = tuple(CATALOG)
+"""The metrics a recipe may optimize (`eval.objective`, with an optional judge prefix)."""
+
+
+def metric(key: str) -> Metric | None:
+    """The catalog entry of a metric key (judge prefix stripped), or None for a metric outside it."""
+    return CATALOG.get(key.rsplit(".", 1)[-1])
+
+
+def maximized(key: str) -> bool:
+    """Whether a larger value of `key` is better: the catalog's direction, else minimize KL and lengths."""
+    found = metric(key)
+    if found is not None:
+        return found.maximize
+    name = key.rsplit(".", 1)[-1]
+    return not ("kl" in name or "length" in name)
+
+
+def direction(key: str) -> Literal["maximize", "minimize"]:
+    """ "maximize" or "minimize" for a metric key."""
+    return "maximize" if maximized(key) else "minimize"
+
+
+def axis_label(key: str) -> str:
+    """Axis label with units for a metric key ("gold.win_rate_vs_sft" names its judge)."""
+    judge, _, name = key.rpartition(".")
+    found = CATALOG.get(name)
+    label = found.axis_label if found else name
+    return f"{label}, judge '{judge}'" if judge else label

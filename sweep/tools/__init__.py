@@ -1,0 +1,1 @@
+"""Tools on their own: reward-model training, preference-data statistics, perplexity filtering."""

@@ -1,0 +1,1 @@
+"""Training: work shared by the trials of a sweep, the TRL hooks, and one trial."""

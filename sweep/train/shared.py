@@ -1,0 +1,134 @@
+"""Work shared by every trial of a sweep, cached under `cache/`: tokenized training data, reference log-probs.
+
+The training sets as TRL tokenizes them, and the fixed reference model's log-probabilities of every training
+example, which are handed to TRL as its precomputed reference columns, so no trial runs a reference forward
+pass. Both are kept in memory for the worker's life and under the sweep's `cache/` for every other worker and
+resumed sweeps, keyed by a hash of everything they depend on. Moving-reference (TR-*) methods keep their own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+
+from sweep.io import file_lock, json_digest, package_versions, write_bytes
+from sweep.train.hooks import dataset_fingerprint
+
+CACHE_FORMAT = 1
+REFERENCE_BATCH_FACTOR = 4
+"""The reference pass uses batches this many times the training batch (no gradients, no optimizer state)."""
+
+
+class SharedTraining:
+    """Work shared by every trial of a sweep: tokenized training sets and fixed-reference log-probabilities.
+
+    Each result is computed once per key under a file lock, kept in memory for the worker's life, and stored
+    under `cache_dir` (`prepared/<key>/`, a saved `datasets.Dataset`; `reference/<key>.pt`, a dict of
+    tensors) for every other worker and resumed sweeps. A key hashes the inputs the result depends on,
+    the tokenizer's files and the library versions, so any change computes it anew.
+    """
+
+    def __init__(self, cache_dir: str | Path, tokenizer):
+        self.cache_dir = Path(cache_dir)
+        self.tokenizer_hash = _tokenizer_hash(tokenizer)
+        self._prepared: dict[str, datasets.Dataset] = {}
+        self._references: dict[str, dict[str, torch.Tensor]] = {}
+        self._rows: dict[str, dict[str, dict]] = {}
+        self._hashes: dict[str, str] = {}
+        self._versions = package_versions("torch", "transformers", "trl", "datasets")
+
+    def key(self, kind: str, **inputs: Any) -> str:
+        """A short hash of what a cached result depends on."""
+        payload = {"format": CACHE_FORMAT, "kind": kind, "tokenizer": self.tokenizer_hash, **inputs}
+        payload["versions"] = self._versions
+        return json_digest(payload)
+
+    def content_hash(self, dataset: datasets.Dataset) -> str:
+        """A hash of a dataset's rows in order (memoized by the dataset's fingerprint)."""
+        fingerprint = dataset_fingerprint(dataset)
+        if fingerprint not in self._hashes:
+            digest = hashlib.sha256(json.dumps(dataset.column_names).encode())
+            for batch in dataset.iter(batch_size=1024):
+                digest.update(json.dumps(batch, sort_keys=True, default=str).encode())
+            self._hashes[fingerprint] = digest.hexdigest()
+        return self._hashes[fingerprint]
+
+    def prepared(self, key: str, prepare: Callable[[], datasets.Dataset]) -> datasets.Dataset:
+        """The training set TRL prepared for `key`: from memory, from the cache, or prepared and stored."""
+        if key not in self._prepared:
+            folder = self.cache_dir / "prepared" / key
+            with file_lock(folder.with_suffix(".lock")):
+                if not folder.is_dir():
+                    _save_dataset(prepare(), folder)
+                self._prepared[key] = datasets.load_from_disk(str(folder))
+        return self._prepared[key]
+
+    def reference(self, key: str, compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Reference log-probabilities for `key`: from memory, from the cache, or computed now and stored."""
+        if key not in self._references:
+            path = self.cache_dir / "reference" / f"{key}.pt"
+            with file_lock(path.with_suffix(".lock")):
+                if path.is_file():
+                    values = torch.load(path, weights_only=True)
+                else:
+                    values = {name: tensor.detach().cpu() for name, tensor in compute().items()}
+                    buffer = io.BytesIO()
+                    torch.save(values, buffer)
+                    write_bytes(path, buffer.getvalue())
+            self._references[key] = values
+        return self._references[key]
+
+    def rows(self, key: str) -> dict[str, dict]:
+        """The memo of tokenized rows for one tokenizing setup (kept in memory only)."""
+        return self._rows.setdefault(key, {})
+
+
+def _tokenizer_hash(tokenizer) -> str:
+    """A hash of the tokenizer's saved files (vocabulary, merges, special tokens, chat template)."""
+    digest = hashlib.sha256(type(tokenizer).__name__.encode())
+    with tempfile.TemporaryDirectory() as folder:
+        tokenizer.save_pretrained(folder)
+        for path in sorted(Path(folder).iterdir()):
+            digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _model_stamp(path: str) -> list | None:
+    """Name, size and modification time of a local model folder's files (None for a Hub id)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return None
+    return [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.iterdir()) if p.is_file()]
+
+
+def _save_dataset(dataset: datasets.Dataset, folder: Path) -> None:
+    """Save a dataset into `folder` atomically (a temporary folder renamed into place)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    try:
+        dataset.save_to_disk(str(staging))
+        staging.rename(folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def reference_columns(values: Mapping[str, torch.Tensor], ld_alpha: float | None) -> dict[str, torch.Tensor]:
+    """TRL's precomputed-reference columns from cached values (DPO's weigh the tail by `ld_alpha` if set)."""
+    if "ref_logps" in values:
+        return dict(values)
+    return {
+        f"ref_{side}_logps": values[f"{side}_total"]
+        if ld_alpha is None
+        else values[f"{side}_shared"] + ld_alpha * values[f"{side}_tail"]
+        for side in ("chosen", "rejected")
+    }

@@ -1,0 +1,405 @@
+"""One trial: train the registry's TRL trainer with one point of the search space, evaluate it, record it.
+
+A `Worker` lives as long as its process: it loads the tokenizer, the training pairs and the SFT weights
+once, and keeps the SFT model frozen on its device, where it serves as the starting point of every trial,
+the fixed reference model of the methods that have one, and the SFT side of evaluation.
+
+Work that does not depend on a trial's hyperparameters is done once per sweep (`sweep.train.shared`).
+
+`Worker.run` writes `trials/<id>/params.json` first and `metrics.json` last. Failures are data: an
+exception, a NaN loss or an out-of-memory error ends that trial (state failed or diverged), never the
+worker; only KeyboardInterrupt propagates, after the trial is recorded as interrupted.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import math
+import os
+import shutil
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import psutil
+import torch
+from transformers import PrinterCallback, set_seed
+
+from sweep.hf.data import load_pairs
+from sweep.hf.loading import _load_model, _load_tokenizer, load_object
+from sweep.hf.quiet import _no_progress_bars
+from sweep.io import read_json, utc_now, write_json, write_text
+from sweep.spec.methods import Method, get_method
+from sweep.spec.plan import TrialSpec
+from sweep.spec.recipe import Recipe
+from sweep.train import hooks
+from sweep.train.callback import _TrialCallback
+from sweep.train.config import _lora_config, trl_config
+from sweep.train.shared import (
+    REFERENCE_BATCH_FACTOR,
+    SharedTraining,
+    _model_stamp,
+    reference_columns,
+)
+
+EVALUATION_TIMES = ("generate", "judge", "kl")
+TIME_KEYS = ("load", "train", *EVALUATION_TIMES, "total")
+SCRATCH = "scratch"
+
+
+@dataclass
+class TrialResult:
+    """The outcome of one trial, as recorded in its metrics.json."""
+
+    trial_id: str
+    state: str
+    objective: float | None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    error: dict[str, str] | None = None
+
+
+@dataclass
+class _Outcome:
+    """What a trial has produced so far; filled in as it goes, so a failure keeps what came before."""
+
+    state: str = "complete"
+    objective: float | None = None
+    error: dict[str, str] | None = None
+    train: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    times: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TIME_KEYS, 0.0))
+
+
+class Worker:
+    """Runs trials one after another in one process, loading the shared inputs once.
+
+    `setup_s` is the time spent on that one-off work (loading the model, tokenizer and evaluator; the first
+    evaluator use happens within a trial but is not counted in its time); `trials_run` counts trials run.
+    `reference_cache=False` makes fixed-reference trials run TRL's own reference pass in every step.
+    """
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        sweep_dir: str | Path,
+        device: str = "cpu",
+        log: Callable[[str], None] = print,
+        evaluator_factory: Callable[[Any, Any], Any] | None = None,
+        train_dataset: datasets.Dataset | None = None,
+        reference_cache: bool = True,
+    ):
+        started = time.perf_counter()
+        self.recipe = recipe
+        self.sweep_dir = Path(sweep_dir)
+        self.device = device
+        self.log = log
+        self._evaluator_factory = evaluator_factory
+        self._evaluator = None
+        self._lora = _lora_config(recipe.model.lora) if recipe.model.lora else None
+        cache_dir = self.sweep_dir / "cache"
+        model_path = recipe.model.path
+        tokenizer = recipe.model.tokenizer
+        tokenizer_path = tokenizer or model_path
+        self._pairs = (
+            {None: train_dataset}
+            if train_dataset is not None
+            else {
+                variant: load_pairs(source, where=f"data.train.{variant}" if variant else "data.train")
+                for variant, source in recipe.data.variants.items()
+            }
+        )
+        with _no_progress_bars():
+            self.tokenizer = _load_tokenizer(recipe.model, tokenizer_path, same_repo=tokenizer is None)
+            self.sft = _load_model(recipe.model, model_path).to(device).eval().requires_grad_(False)
+        self.shared = SharedTraining(cache_dir, self.tokenizer)
+        self.reference_cache = reference_cache
+        self._reference_identity = {
+            "model": recipe.model.model_dump(mode="json", exclude={"lora"}),
+            "path": model_path,
+            "files": _model_stamp(model_path),
+            "dtype": str(self.sft.dtype),
+            "device": torch.device(device).type,
+        }
+        self.trials_run = 0
+        self.setup_s = time.perf_counter() - started
+
+    def pairs(self, variant: str | None = None) -> datasets.Dataset:
+        """The training pairs of a data variant (all loaded when the worker starts)."""
+        return self._pairs[variant]
+
+    @property
+    def direction(self) -> str:
+        """Whether a larger objective is better (the final training loss, without evaluator, is minimized)."""
+        return self.recipe.eval.direction if self._evaluator_factory else "minimize"
+
+    @property
+    def evaluator(self):
+        """The evaluator (created on first use), or None when the objective is the training loss."""
+        if self._evaluator is None and self._evaluator_factory is not None:
+            started = time.perf_counter()
+            self._evaluator = self._evaluator_factory(self.sft, self.tokenizer)
+            self.setup_s += time.perf_counter() - started
+        return self._evaluator
+
+    def trial_dir(self, trial_id: str) -> Path:
+        """The folder of one trial."""
+        return self.sweep_dir / "trials" / trial_id
+
+    def run(
+        self, spec: TrialSpec, attempt: int = 1, report: Callable[[int, float], bool] | None = None
+    ) -> TrialResult:
+        """Train, evaluate and record one trial; `report(step, value)` returning True prunes it."""
+        folder = self.trial_dir(spec.trial_id)
+        recorded = _read_metrics(folder)
+        if recorded is not None and recorded.get("state") == "complete":
+            return _result_from(recorded)
+        if folder.exists():
+            shutil.rmtree(folder)
+        method = get_method(spec.method)
+        self.trials_run += 1
+        started, clock, setup = utc_now(), time.perf_counter(), self.setup_s
+        params = {**spec.to_json(), "trl_fields": method.trl_fields(spec.params), "attempt": attempt}
+        write_json(folder / "params.json", params)
+        outcome = _Outcome()
+        try:
+            self._train_and_evaluate(spec, method, folder, report, outcome)
+        except KeyboardInterrupt:
+            outcome.state, outcome.objective = "interrupted", None
+            self._write_metrics(spec, folder, outcome, started, clock + self.setup_s - setup, attempt)
+            raise
+        except Exception as error:  # a failed trial is a result, not a crash of the worker
+            outcome.state, outcome.objective = "failed", None
+            outcome.error = _describe(error, "oom" if _is_oom(error) else "exception")
+            write_text(folder / "traceback.txt", traceback.format_exc())
+            self.log(f"{spec.trial_id}: failed: {outcome.error['type']}: {outcome.error['message']}")
+        finally:
+            shutil.rmtree(folder / SCRATCH, ignore_errors=True)
+            hooks.restore_forward(self.sft)
+            _free_memory(freeze=self.trials_run == 1)
+        return self._write_metrics(spec, folder, outcome, started, clock + self.setup_s - setup, attempt)
+
+    def _train_and_evaluate(
+        self,
+        spec: TrialSpec,
+        method: Method,
+        folder: Path,
+        report: Callable[[int, float], bool] | None,
+        outcome: _Outcome,
+    ) -> None:
+        """The body of a trial: build, train, evaluate, keep weights; fills `outcome` as it goes."""
+        set_seed(spec.seed)
+        clock = time.perf_counter()
+        policy = copy.deepcopy(self.sft).to(self.device).requires_grad_(True).train()
+        reference = None
+        if method.reference == "moving":
+            reference = copy.deepcopy(self.sft)
+        elif method.reference == "fixed" and self._lora is None:
+            reference = self.sft
+        outcome.times["load"] = time.perf_counter() - clock
+
+        evaluator = self.evaluator
+        quick = evaluator.quick if evaluator is not None else None
+        clock = time.perf_counter()
+        callback = _TrialCallback(folder / "train_log.jsonl", self.recipe.eval.every_steps, quick, report)
+        trainer = self._trainer(spec, method, policy, reference, folder / SCRATCH, callback)
+        reference_s = self._supply_reference(trainer, method) if reference is self.sft else None
+        output = trainer.train()
+        policy = trainer.model
+        del trainer, reference
+        hooks.restore_forward(self.sft)
+        hooks.restore_forward(policy)
+        outcome.times["train"] = time.perf_counter() - clock - (reference_s or 0.0)
+        if reference_s is not None:
+            outcome.times["ref_logps"] = reference_s
+        outcome.train = {
+            "loss": callback.last_loss if callback.last_loss is not None else output.training_loss,
+            "mean_loss": output.training_loss,
+            "steps": output.global_step,
+            "runtime_s": output.metrics.get("train_runtime"),
+        }
+
+        if callback.diverged_at is not None:
+            outcome.state = "diverged"
+            outcome.error = {
+                "type": "NonFiniteLoss",
+                "message": f"the training loss became {callback.last_loss} at step {callback.diverged_at}",
+                "reason": "nan_loss",
+            }
+            return
+        if callback.pruned_at is None:
+            self._evaluate(policy, folder, outcome)
+        else:
+            outcome.state, outcome.objective = "pruned", callback.quick_value
+            try:
+                self._evaluate(policy, folder, outcome)
+            except Exception as error:  # a pruned trial keeps its quick value without full metrics
+                self.log(f"{spec.trial_id}: pruned at step {callback.pruned_at}; evaluation failed: {error}")
+        self._keep(policy, folder, outcome)
+
+    def _trainer(
+        self,
+        spec: TrialSpec,
+        method: Method,
+        policy,
+        reference,
+        output_dir: Path,
+        callback: _TrialCallback,
+    ):
+        """The method's TRL trainer for this trial, its data prepared as the method needs."""
+        config = trl_config(method, spec.params, self.recipe.train, spec.seed, output_dir, self.device)
+        extra = {"ref_model": reference} if method.reference != "none" else {}
+        if self._lora is not None:
+            extra["peft_config"] = self._lora
+        with _no_progress_bars(), hooks.serving(self.shared):
+            data = self.pairs(spec.variant)
+            if method.data == "unpaired":
+                from trl import unpair_preference_dataset
+
+                # KTO reads batches in order (its KL term pairs neighbours), so desirable and undesirable
+                # examples are mixed here rather than by the sampler
+                data = unpair_preference_dataset(data).shuffle(seed=spec.seed)
+            trainer = hooks.shared_trainer_class(load_object(method.trainer))(
+                model=policy,
+                args=config,
+                train_dataset=data,
+                processing_class=self.tokenizer,
+                callbacks=[callback],
+                **extra,
+            )
+        trainer.remove_callback(PrinterCallback)
+        return trainer
+
+    def _supply_reference(self, trainer, method: Method) -> float | None:
+        """Give TRL the shared reference log-probabilities as precomputed columns, computing them when no
+        worker has yet; return the seconds spent computing (None when they came from the cache or are off)."""
+        key = hooks.data_key(trainer)
+        if not self.reference_cache or key is None or hooks.computes_own_reference(trainer):
+            return None
+        computed = []
+
+        def compute() -> dict[str, torch.Tensor]:
+            started = time.perf_counter()
+            batch = REFERENCE_BATCH_FACTOR * trainer.args.per_device_train_batch_size
+            values = hooks.reference_logps(trainer, self.sft, batch, paired=method.data == "paired")
+            computed.append(time.perf_counter() - started)
+            return values
+
+        precision = hooks.precision_flags(trainer)
+        key = self.shared.key("reference", data=key, reference=self._reference_identity, precision=precision)
+        values = self.shared.reference(key, compute)
+        hooks.use_precomputed_reference(trainer, reference_columns(values, hooks.ld_alpha(trainer)))
+        return computed[0] if computed else None
+
+    def _evaluate(self, policy, folder: Path, outcome: _Outcome) -> None:
+        """Evaluate the trained policy and set the objective (a pruned trial keeps its last quick value)."""
+        evaluator = self.evaluator
+        if evaluator is None:
+            value = outcome.train["loss"]
+        else:
+            metrics = dict(evaluator.evaluate(policy, folder))
+            times = metrics.pop("time_s", {})
+            outcome.times.update({key: times[key] for key in EVALUATION_TIMES if key in times})
+            outcome.metrics = metrics
+            value = evaluator.objective(metrics)
+        if outcome.state == "pruned":
+            return
+        if value is None or not math.isfinite(value):
+            name = self.recipe.eval.objective if evaluator is not None else "the final training loss"
+            raise ValueError(f"no finite objective: {name} is {value}")
+        outcome.objective = float(value)
+
+    def _keep(self, policy, folder: Path, outcome: _Outcome) -> None:
+        """Save the trained weights as `execution.keep` asks (all trials, or only the best complete one)."""
+        keep = self.recipe.execution.keep
+        if keep == "none" or outcome.state not in ("complete", "pruned"):
+            return
+        if keep == "best":
+            if outcome.state != "complete" or not self._beats_others(folder.name, outcome.objective):
+                return
+            for other in (self.sweep_dir / "trials").glob("*/model"):
+                if other.parent.name != folder.name:
+                    shutil.rmtree(other, ignore_errors=True)
+        with _no_progress_bars():
+            policy.save_pretrained(folder / "model")
+            self.tokenizer.save_pretrained(folder / "model")
+
+    def _beats_others(self, trial_id: str, objective: float) -> bool:
+        """Whether `objective` is better than that of every other complete trial of the sweep."""
+        sign = 1.0 if self.direction == "maximize" else -1.0
+        for path in (self.sweep_dir / "trials").glob("*/metrics.json"):
+            other = _read_metrics(path.parent)
+            if path.parent.name == trial_id or not other or other.get("state") != "complete":
+                continue
+            if other.get("objective") is not None and sign * objective <= sign * other["objective"]:
+                return False
+        return True
+
+    def _write_metrics(
+        self, spec: TrialSpec, folder: Path, outcome: _Outcome, started: str, clock: float, attempt: int
+    ) -> TrialResult:
+        """Write metrics.json (the trial's last file) and return the result."""
+        outcome.times["total"] = time.perf_counter() - clock
+        record = {
+            "trial_id": spec.trial_id,
+            "state": outcome.state,
+            "objective": outcome.objective,
+            "error": outcome.error,
+            "time_s": outcome.times,
+            "started": started,
+            "finished": utc_now(),
+            "attempt": attempt,
+            "train": outcome.train,
+            "worker": {
+                "pid": os.getpid(),
+                "trial": self.trials_run,
+                "setup_s": round(self.setup_s, 3),
+                "rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
+            },
+            **outcome.metrics,
+        }
+        write_json(folder / "metrics.json", record)
+        return _result_from(record)
+
+
+def _result_from(record: dict) -> TrialResult:
+    top = ("trial_id", "state", "objective", "error")
+    metrics = {key: value for key, value in record.items() if key not in top}
+    return TrialResult(record["trial_id"], record["state"], record["objective"], metrics, record["error"])
+
+
+def _read_metrics(folder: Path) -> dict | None:
+    """A trial's metrics.json, or None when it has none (not started, running, or killed)."""
+    path = folder / "metrics.json"
+    return read_json(path) if path.is_file() else None
+
+
+def _describe(error: BaseException, reason: str) -> dict[str, str]:
+    message = str(error).strip() or repr(error)
+    return {"type": type(error).__name__, "message": message[:2000], "reason": reason}
+
+
+def _is_oom(error: BaseException) -> bool:
+    """Whether an exception means the accelerator (or host) ran out of memory."""
+    if isinstance(error, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+
+
+def _free_memory(freeze: bool = False) -> None:
+    """Free a finished trial's trainer, optimizer and activations; `freeze` what survives.
+
+    What survives a full collection after a worker's first trial lives as long as the worker (modules, the
+    shared model and caches); freezing it once keeps every later full collection (here and in accelerate, two
+    per trial) from walking those hundreds of thousands of objects again. (`gc.get_objects` leaves frozen
+    objects out until `gc.unfreeze`.)
+    """
+    gc.collect()
+    if freeze:
+        gc.freeze()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
