@@ -1,4 +1,5 @@
-# posweep: `make demo` runs the built-in sweep and its report; `make test` runs the tests.
+# posweep: `make demo` runs the built-in sweep and its report; `make test` runs the tests; `make lint` runs
+# ruff and import-linter (the layer contract in pyproject.toml).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -29,6 +30,7 @@ bench: install
 lint: install
 	$(BIN)/ruff check sweep tests benchmarks
 	$(BIN)/ruff format --check sweep tests benchmarks
+	$(BIN)/lint-imports
 
 format: install
 	$(BIN)/ruff format sweep tests benchmarks

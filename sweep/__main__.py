@@ -1,3 +1,5 @@
+"""`python -m sweep`: the posweep command line."""
+
 from sweep.cli import main
 
 main()

@@ -284,3 +284,24 @@ def test_killed_or_interrupted_sweep_completes_on_rerun_exactly_once(inputs, tmp
     assert all(m["state"] == "complete" for m in after.values())
     assert all(after[t] == m for t, m in done_before.items()), "a complete trial was retrained"
     assert max(m["attempt"] for m in after.values()) == 2
+
+
+def test_keep_best_keeps_only_the_best_complete_trial(inputs, tmp_path):
+    """`keep: best` is decided by the engine from the study: one model folder, the best trial's weights."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    methods = {"dpo": {"beta": [0.1], "learning_rate": [1e-6, 1e-7, 1e-2]}}
+    recipe = write_recipe(inputs, "keep", methods, execution={"keep": "best"})
+    sweep = tmp_path / "keep"
+    for finished in (1, 2, 3):
+        result = run("run", recipe, "--results", tmp_path, "--quiet", "--max-trials", "1")
+        assert result.exit_code == 0, result.output
+        metrics = {k: v for k, v in trial_files(sweep).items() if v and v["state"] == "complete"}
+        assert len(metrics) == finished
+        best = max(metrics, key=lambda trial_id: metrics[trial_id]["objective"])
+        kept = [path.parent.name for path in (sweep / "trials").glob("*/model")]
+        assert kept == [best], (kept, metrics)
+    model = AutoModelForCausalLM.from_pretrained(sweep / "trials" / best / "model")
+    sft = AutoModelForCausalLM.from_pretrained(inputs / "model")
+    assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), sft.parameters(), strict=True))

@@ -27,7 +27,6 @@ import json
 import random
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -118,14 +117,8 @@ def ensure_built(
             "building builtin:toy once (synthetic data, tokenizer, SFT policy, reward-model judge; "
             f"under a minute on 2 CPU cores) into {target}"
         )
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is as readable as any results folder
-        try:
-            _build(tmp, settings, log)
-            tmp.rename(target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        with io.atomic_dir(target) as staging:
+            _build(staging, settings, log)
     return target
 
 
@@ -134,22 +127,16 @@ def _quiet_and_single_threaded() -> Iterator[None]:
     """No progress bars, and one torch thread: more threads only contend on models this small (measured:
     a training step 6x slower with 2 threads than with 1 on 2 busy cores)."""
     import torch
-    from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
-    from transformers.utils import logging
 
-    datasets_bars, transformers_bars = not are_progress_bars_disabled(), logging.is_progress_bar_enabled()
+    from sweep.hf.quiet import no_progress_bars
+
     threads = torch.get_num_threads()
-    disable_progress_bars()
-    logging.disable_progress_bar()
     torch.set_num_threads(1)
     try:
-        yield
+        with no_progress_bars():
+            yield
     finally:
         torch.set_num_threads(threads)
-        if datasets_bars:
-            enable_progress_bars()
-        if transformers_bars:
-            logging.enable_progress_bar()
 
 
 def _build(out: Path, settings: BuildSettings, log: Callable[[str], None]) -> None:

@@ -8,7 +8,8 @@ from typing import Any
 from sweep.engine.queue import Sweep, sampled_ids
 from sweep.engine.storage import _pruner, _sampler, mask_url, open_storage, storage_url
 from sweep.errors import UserError
-from sweep.io import file_lock, git_revision, package_versions, read_json, utc_now, write_json, write_text
+from sweep.io import file_lock, git_revision, package_versions, utc_now
+from sweep.results import SweepFolder, SweepRecord
 from sweep.spec.plan import Plan, plan_recipe
 from sweep.spec.recipe import Recipe
 
@@ -16,21 +17,20 @@ from sweep.spec.recipe import Recipe
 def _choose_folder(recipe: Recipe, root: Path, plan: Plan, new: bool) -> Path:
     """The sweep folder for this recipe; refuse (or pick a new folder) when its plan changed."""
     folder = root / recipe.name
-    meta_file = folder / "sweep.json"
-    if not meta_file.exists():
+    if not SweepFolder(folder).exists():
         return folder
-    meta = read_json(meta_file)
-    if meta.get("plan_hash") == plan.hash:
+    meta = SweepFolder(folder).read_sweep()
+    if meta.plan_hash == plan.hash:
         return folder
     if not new:
-        old = meta.get("plan_sections", {})
+        old = meta.plan_sections
         changed = [k for k, v in plan.section_hashes.items() if old.get(k) != v] or ["plan"]
         raise UserError(
             f"{folder} holds a sweep of a different plan (changed: {', '.join(changed)}); restore the recipe "
             f"to resume it, or pass --new to start a new sweep folder"
         )
     index = 2
-    while (root / f"{recipe.name}-{index}" / "sweep.json").exists():
+    while SweepFolder(root / f"{recipe.name}-{index}").exists():
         index += 1
     return root / f"{recipe.name}-{index}"
 
@@ -46,7 +46,7 @@ def open_sweep(
     root = Path(results if results is not None else recipe.execution.results_dir)
     folder = _choose_folder(recipe, root, plan, new)
     url = storage_url(storage or recipe.execution.storage)
-    with file_lock(folder / ".lock"):
+    with file_lock(SweepFolder(folder).lock):
         study = optuna.create_study(
             storage=open_storage(url, folder),
             study_name=folder.name,
@@ -59,36 +59,36 @@ def open_sweep(
         sweep = Sweep(folder, recipe, plan, study, display)
         stored = recipe.execution.storage and mask_url(recipe.execution.storage)
         shown = recipe.execution.model_copy(update={"storage": stored})
-        write_text(folder / "recipe.yaml", recipe.model_copy(update={"execution": shown}).dump())
+        sweep.folder.write_recipe(recipe.model_copy(update={"execution": shown}).dump())
         write_sweep_json(sweep)
     return sweep
 
 
-def write_sweep_json(sweep: Sweep, **extra: Any) -> None:
-    """(Re)write sweep.json, keeping the creation time and any earlier extra keys."""
-    path = sweep.dir / "sweep.json"
-    old = read_json(path) if path.exists() else {}
+def write_sweep_json(sweep: Sweep, **timings: Any) -> None:
+    """(Re)write sweep.json, keeping the creation time and any earlier timings."""
+    folder = sweep.folder
+    old = folder.read_sweep() if folder.exists() else None
     planned = [t.trial_id for t in sweep.plan.trials] if sweep.plan.strategy == "grid" else sampled_ids(sweep)
-    meta = {
-        **old,
-        "name": sweep.recipe.name,
-        "folder": sweep.dir.name,
-        "created": old.get("created", utc_now()),
-        "updated": utc_now(),
-        "storage": sweep.storage_display,
-        "study": sweep.study.study_name,
-        "plan_hash": sweep.plan.hash,
-        "plan_sections": dict(sweep.plan.section_hashes),
-        "strategy": sweep.plan.strategy,
-        "planned_total": sweep.plan.total,
-        "planned_trials": planned,
-        "methods": list(sweep.plan.spaces),
-        "objective": {"metric": sweep.recipe.eval.objective, "direction": sweep.recipe.eval.direction},
-        "versions": package_versions(),
-        "git_revision": git_revision(),
-        **extra,
-    }
-    write_json(path, meta)
+    now = utc_now()
+    record = SweepRecord(
+        name=sweep.recipe.name,
+        folder=sweep.dir.name,
+        created=old.created if old is not None and old.created else now,
+        updated=now,
+        storage=sweep.storage_display,
+        study=sweep.study.study_name,
+        plan_hash=sweep.plan.hash,
+        plan_sections=dict(sweep.plan.section_hashes),
+        strategy=sweep.plan.strategy,
+        planned_total=sweep.plan.total,
+        planned_trials=planned,
+        methods=list(sweep.plan.spaces),
+        objective={"metric": sweep.recipe.eval.objective, "direction": sweep.recipe.eval.direction},
+        versions=package_versions(),
+        git_revision=git_revision(),
+        extra={**(old.extra if old is not None else {}), **timings},
+    )
+    folder.write_sweep(record)
 
 
 def open_sweep_folder(recipe: Recipe, folder: Path, storage: str | None) -> Sweep:
@@ -112,9 +112,9 @@ def sweep_storage(folder: Path, storage: str | None) -> str | None:
     """The storage a worker should use for an existing sweep folder: the flag, else the journal file."""
     if storage is not None:
         return storage
-    meta = read_json(folder / "sweep.json")
-    if meta.get("storage", "journal:").startswith("journal:"):
+    meta = SweepFolder(folder).read_sweep()
+    if meta.storage.startswith("journal:"):
         return None
     raise UserError(
-        f"{folder}: this sweep's study is in {meta['storage']}; pass --storage URL (or env:VAR) to join it"
+        f"{folder}: this sweep's study is in {meta.storage}; pass --storage URL (or env:VAR) to join it"
     )

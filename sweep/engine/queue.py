@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from sweep.io import file_lock, utc_now
+from sweep.results import SweepFolder
 from sweep.spec.methods import HYPERPARAMETERS, REGISTRY
 from sweep.spec.plan import Plan, TrialSpec, sampled_trial_id
 from sweep.spec.recipe import Distribution, Recipe
@@ -49,6 +50,11 @@ class Sweep:
     def storage(self):
         """The study's Optuna storage."""
         return self.study._storage
+
+    @property
+    def folder(self) -> SweepFolder:
+        """The results folder."""
+        return SweepFolder(self.dir)
 
 
 def _slot_key(attrs: dict) -> str:
@@ -138,7 +144,7 @@ def reconcile(sweep: Sweep) -> dict[str, int]:
             if trial.state == TrialState.RUNNING and not _is_alive(trial, attrs):
                 elsewhere = "host" in attrs and attrs["host"] != socket.gethostname()
                 state = "failed" if elsewhere else "interrupted"
-                _close(sweep, trial._trial_id, attrs, state, "worker_died")
+                close(sweep, trial, attrs, state, "worker_died")
                 attrs = {**attrs, "state": state, "reason": "worker_died"}
                 trial = storage.get_trial(trial._trial_id)
             by_slot.setdefault(_slot_key(attrs), []).append((trial, trial.user_attrs.get(ATTR, attrs)))
@@ -171,24 +177,53 @@ def _enqueue(sweep: Sweep, base: dict, history: list) -> None:
     sweep.study.enqueue_trial(params, user_attrs={ATTR: {**base, "attempt": attempt, "state": "queued"}})
 
 
-def _close(
-    sweep: Sweep, trial_id: int, attrs: dict, state: str, reason: str | None, value: float | None = None
-):
+def close(sweep: Sweep, trial, attrs: dict, state: str, reason: str | None, value: float | None = None):
     """Record a posweep state on an Optuna trial and finish it (unless another worker already closed it)."""
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
-    storage = sweep.storage
     with contextlib.suppress(UpdateFinishedTrialError):
-        storage.set_trial_user_attr(
-            trial_id, ATTR, {**attrs, "state": state, "reason": reason, "finished": utc_now()}
+        sweep.storage.set_trial_user_attr(
+            trial._trial_id, ATTR, {**attrs, "state": state, "reason": reason, "finished": utc_now()}
         )
         if state == "complete" and value is not None:
-            storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [value])
+            sweep.study.tell(trial.number, value, skip_if_finished=True)
         elif state == "pruned":
-            storage.set_trial_state_values(trial_id, TrialState.PRUNED)
+            sweep.study.tell(trial.number, state=TrialState.PRUNED, skip_if_finished=True)
         else:
-            storage.set_trial_state_values(trial_id, TrialState.FAIL)
+            sweep.study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+
+
+def start(sweep: Sweep, trial, attrs: dict) -> None:
+    """Stamp a claimed trial with its worker (host, pid, heartbeat) and its resolved spec."""
+    sweep.storage.set_trial_user_attr(trial._trial_id, ATTR, attrs)
+
+
+def others_running(sweep: Sweep) -> bool:
+    """Whether another live worker still holds a trial (so this one should wait to take over if it dies)."""
+    from optuna.trial import TrialState
+
+    running = sweep.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    return any(ATTR in t.user_attrs and t.user_attrs[ATTR].get("pid") != os.getpid() for t in running)
+
+
+def keep_best(sweep: Sweep) -> str | None:
+    """`execution.keep: best`: discard every kept model but the best complete trial's; return its id.
+
+    Decided from the study under the queue lock, so workers finishing at the same time agree.
+    """
+    from optuna.trial import TrialState
+
+    with queue_lock(sweep):
+        complete = sweep.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if not complete:
+            return None
+        best = sweep.study.best_trial
+        best_id = best.user_attrs.get(ATTR, {}).get("trial_id")
+        for record in sweep.folder.trials():
+            if record.trial_id != best_id:
+                sweep.folder.trial(record.folder).discard_model()
+    return best_id
 
 
 def claim(sweep: Sweep):
@@ -230,7 +265,7 @@ def _suggest(sweep: Sweep, trial) -> tuple[str, dict[str, float]]:
     return method, params
 
 
-def _spec_for(sweep: Sweep, trial) -> tuple[TrialSpec, dict]:
+def spec_for(sweep: Sweep, trial) -> tuple[TrialSpec, dict]:
     """The TrialSpec of a claimed trial (sampling it first for random/TPE) and its posweep attrs."""
     attrs = dict(trial.user_attrs[ATTR])
     if sweep.plan.strategy == "grid":
@@ -250,9 +285,9 @@ def _spec_for(sweep: Sweep, trial) -> tuple[TrialSpec, dict]:
 class Heartbeat:
     """A thread that stamps the held trial as alive every HEARTBEAT_S seconds."""
 
-    def __init__(self, sweep: Sweep, trial_id: int, attrs: dict):
+    def __init__(self, sweep: Sweep, trial, attrs: dict):
         self._stop = threading.Event()
-        self._args = (sweep, trial_id, attrs)
+        self._args = (sweep, trial._trial_id, attrs)
         self._thread = threading.Thread(target=self._beat, daemon=True)
 
     def _beat(self) -> None:

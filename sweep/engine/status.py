@@ -2,55 +2,37 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from pathlib import Path
 
-from sweep.errors import UserError
-from sweep.io import read_json
+from sweep.results import RUNNING, SweepFolder, TrialRecord
 
 
-def load_states(sweep_dir: Path) -> list[dict]:
-    """One dict per trial folder: id, method, state ("running" without metrics.json), objective, times."""
-    rows = []
-    for folder in sorted((sweep_dir / "trials").glob("*/")):
-        params_file, metrics_file = folder / "params.json", folder / "metrics.json"
-        if not params_file.exists():
-            continue
-        try:
-            params = read_json(params_file)
-            metrics = read_json(metrics_file) if metrics_file.exists() else {}
-        except (OSError, json.JSONDecodeError):
-            continue
-        rows.append(
-            {
-                "trial_id": folder.name,
-                "method": params.get("method"),
-                "state": metrics.get("state", "running"),
-                "objective": metrics.get("objective"),
-                "seconds": (metrics.get("time_s") or {}).get("total"),
-                "error": metrics.get("error"),
-                "finished": metrics.get("finished"),
-            }
-        )
-    return rows
+def _best(trials: list[TrialRecord], maximize: bool) -> TrialRecord | None:
+    """The complete trial with the best objective."""
+    scored = [t for t in trials if t.state == "complete" and t.metrics.objective is not None]
+    sign = 1 if maximize else -1
+    return max(scored, key=lambda t: sign * t.metrics.objective, default=None)
 
 
 def summarize(sweep_dir: Path) -> str:
     """One line: counts by state and the best trial."""
-    meta = read_json(sweep_dir / "sweep.json")
-    rows = load_states(sweep_dir)
+    folder = SweepFolder(sweep_dir)
+    meta = folder.read_sweep()
+    trials = folder.trials()
     counts: dict[str, int] = {}
-    for row in rows:
-        counts[row["state"]] = counts.get(row["state"], 0) + 1
-    scored = [r for r in rows if r["state"] == "complete" and r["objective"] is not None]
-    sign = -1 if meta["objective"]["direction"] == "minimize" else 1
-    best = max(scored, key=lambda r: sign * r["objective"], default=None)
+    for trial in trials:
+        counts[trial.state] = counts.get(trial.state, 0) + 1
+    best = _best(trials, meta.maximize)
     text = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no trials"
-    best_text = (
-        f"; best {best['trial_id']} {meta['objective']['metric']}={best['objective']:.4f}" if best else ""
-    )
-    return f"{text} of {meta.get('planned_total', len(rows))} planned{best_text}"
+    best_text = f"; best {best.trial_id} {meta.metric}={best.metrics.objective:.4f}" if best else ""
+    planned = meta.planned_total if meta.planned_total is not None else len(trials)
+    return f"{text} of {planned} planned{best_text}"
+
+
+def _error_text(trial: TrialRecord) -> str:
+    error = (trial.metrics and trial.metrics.error) or {}
+    return f"{error.get('reason')}: {error.get('type')}: {error.get('message', '')}"[:80] if error else ""
 
 
 def print_status(sweep_dir: Path) -> None:
@@ -58,25 +40,30 @@ def print_status(sweep_dir: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    if not (sweep_dir / "sweep.json").exists():
-        raise UserError(f"{sweep_dir} is not a sweep folder (no sweep.json)")
-    meta = read_json(sweep_dir / "sweep.json")
-    rows = load_states(sweep_dir)
-    table = Table("trial", "method", "state", meta["objective"]["metric"], "seconds", "error", box=None)
-    for row in rows:
-        error = row["error"] or {}
-        why = f"{error.get('reason')}: {error.get('type')}: {error.get('message', '')}"[:80] if error else ""
-        objective = "-" if row["objective"] is None else f"{row['objective']:.4f}"
-        seconds = "-" if row["seconds"] is None else f"{row['seconds']:.1f}"
-        table.add_row(row["trial_id"], row["method"] or "?", row["state"], objective, seconds, why)
+    folder = SweepFolder(sweep_dir).require()
+    meta = folder.read_sweep()
+    trials = folder.trials()
+    table = Table("trial", "method", "state", meta.metric, "seconds", "error", box=None)
+    for trial in trials:
+        objective = None if trial.metrics is None else trial.metrics.objective
+        seconds = None if trial.metrics is None else trial.metrics.time_s.get("total")
+        table.add_row(
+            trial.trial_id,
+            trial.params.method or "?",
+            trial.state,
+            "-" if objective is None else f"{objective:.4f}",
+            "-" if seconds is None else f"{seconds:.1f}",
+            _error_text(trial),
+        )
     console = Console(width=max(Console().width, 120))
     console.print(table)
     console.print(summarize(sweep_dir))
-    finished = [r for r in rows if r["state"] != "running"]
-    durations = [r["seconds"] for r in finished if r["seconds"]]
-    created = datetime.fromisoformat(meta["created"])
-    last = max((datetime.fromisoformat(r["finished"]) for r in finished if r["finished"]), default=created)
-    remaining = max(0, int(meta.get("planned_total", len(rows))) - len(finished))
+    finished = [t.metrics for t in trials if t.state != RUNNING]
+    durations = [m.time_s.get("total") for m in finished if m.time_s.get("total")]
+    created = datetime.fromisoformat(meta.created)
+    last = max((datetime.fromisoformat(m.finished) for m in finished if m.finished), default=created)
+    planned = meta.planned_total if meta.planned_total is not None else len(trials)
+    remaining = max(0, int(planned) - len(finished))
     eta = remaining * (sum(durations) / len(durations)) if durations else None
     console.print(
         f"elapsed {(last - created).total_seconds():.0f}s; {remaining} trials remaining"

@@ -15,10 +15,11 @@ from pathlib import Path
 
 from sweep.engine.folder import Sweep, open_sweep, open_sweep_folder, sweep_storage, write_sweep_json
 from sweep.engine.progress import Event, Progress
-from sweep.engine.queue import ATTR, Heartbeat, _close, _spec_for, claim, reconcile
+from sweep.engine.queue import Heartbeat, claim, close, keep_best, others_running, reconcile, spec_for, start
 from sweep.engine.status import summarize
 from sweep.errors import UserError
 from sweep.io import utc_now
+from sweep.results import SweepFolder
 from sweep.spec.recipe import Locate, Recipe, as_given
 
 POLL_S = 2.0
@@ -57,12 +58,12 @@ def worker_loop(
         trial = claim(sweep)
         if trial is None:
             if reconcile(sweep)["queued"] == 0:
-                if _others_running(sweep):
+                if others_running(sweep):
                     time.sleep(POLL_S)
                     continue
                 break
             continue
-        spec, attrs = _spec_for(sweep, trial)
+        spec, attrs = spec_for(sweep, trial)
         attrs.update(
             host=socket.gethostname(),
             pid=os.getpid(),
@@ -70,7 +71,7 @@ def worker_loop(
             state="running",
             started=utc_now(),
         )
-        sweep.storage.set_trial_user_attr(trial._trial_id, ATTR, attrs)
+        start(sweep, trial, attrs)
 
         def report(step: int, value: float, trial=trial) -> bool:
             trial.report(value, step)
@@ -78,20 +79,15 @@ def worker_loop(
 
         started = time.perf_counter()
         try:
-            with Heartbeat(sweep, trial._trial_id, attrs):
+            with Heartbeat(sweep, trial, attrs):
                 result = worker.run(spec, attempt=attrs.get("attempt", 1), report=report)
         except KeyboardInterrupt:
-            _close(sweep, trial._trial_id, attrs, "interrupted", "interrupted")
+            close(sweep, trial, attrs, "interrupted", "interrupted")
             raise
         reason = (result.error or {}).get("reason")
-        _close(
-            sweep,
-            trial._trial_id,
-            {**attrs, "objective": result.objective},
-            result.state,
-            reason,
-            result.objective,
-        )
+        close(sweep, trial, {**attrs, "objective": result.objective}, result.state, reason, result.objective)
+        if recipe.execution.keep == "best" and result.state == "complete":
+            keep_best(sweep)
         seconds = time.perf_counter() - started
         trial_s = (result.metrics.get("time_s") or {}).get("total", seconds)
         setup = setup_s + worker.setup_s if ran == 0 else 0.0
@@ -101,14 +97,6 @@ def worker_loop(
         )
         ran += 1
     return ran
-
-
-def _others_running(sweep: Sweep) -> bool:
-    """Whether another live worker still holds a trial (so this one should wait to take over if it dies)."""
-    from optuna.trial import TrialState
-
-    running = sweep.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    return any(ATTR in t.user_attrs and t.user_attrs[ATTR].get("pid") != os.getpid() for t in running)
 
 
 def _device_plan(recipe: Recipe, workers: int | None) -> list[dict[str, str]]:
@@ -164,23 +152,11 @@ def _worker_process(
 
 def _configure_process(env: dict) -> None:
     """Quiet library logging and set the torch thread count for this worker."""
-    import warnings
-
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    warnings.filterwarnings("ignore")
-    import logging
-
-    import datasets
     import torch
-    import transformers
 
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    datasets.disable_progress_bars()
-    for name in ("trl", "accelerate", "datasets"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    from sweep.hf.quiet import quiet_process
+
+    quiet_process()
     if env.get("POSWEEP_THREADS"):
         torch.set_num_threads(int(env["POSWEEP_THREADS"]))
 
@@ -196,11 +172,12 @@ def run_worker(
     import yaml
 
     folder = Path(folder)
-    if not (folder / "sweep.json").exists() or not (folder / "recipe.yaml").exists():
+    recipe_text = SweepFolder(folder).read_recipe()
+    if not SweepFolder(folder).exists() or recipe_text is None:
         raise UserError(
             f"{folder} is not a sweep folder (it needs sweep.json and recipe.yaml from posweep run)"
         )
-    recipe = Recipe.model_validate(yaml.safe_load((folder / "recipe.yaml").read_text(encoding="utf-8")))
+    recipe = Recipe.model_validate(yaml.safe_load(recipe_text))
     given_gpus = os.environ.get("CUDA_VISIBLE_DEVICES") and recipe.execution.devices != "cpu"
     env = {"POSWEEP_DEVICE": "cuda"} if given_gpus else _device_plan(recipe, 1)[0]
     os.environ.update(env)

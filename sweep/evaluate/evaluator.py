@@ -1,5 +1,7 @@
-"""Evaluation of a policy on the out-of-distribution prompts: responses, judge scores, win rates against the
-SFT model and the dataset's reference responses, KL to the SFT model, and response lengths.
+"""Evaluation of a policy on the out-of-distribution prompts against the SFT baseline.
+
+Responses, judge scores, win rates against the SFT model and the dataset's reference responses, KL to the
+SFT model, and response lengths.
 
 One `Evaluator` per worker process loads the prompts and judges once and holds the SFT baseline: the SFT
 model's responses to the prompts (same decoding), their judge scores, the reference responses' scores,
@@ -44,10 +46,10 @@ from sweep.evaluate.estimators import EVAL_SEED, judge_metrics, response_metrics
 from sweep.evaluate.generation import Decoding, Response, generate, sequence_logps, stop_ids
 from sweep.hf.formats import encode_prompt
 from sweep.hf.judges import Judge, load_judges
-from sweep.io import file_lock, json_digest, package_versions, read_json, utc_now, write_json, write_jsonl
+from sweep.io import file_lock, json_digest, package_versions, utc_now
+from sweep.results import SftBaseline, SweepFolder, TrialFolder
 from sweep.spec.recipe import Recipe
 
-BASELINE_FILE = "sft_baseline.json"
 BASELINE_FORMAT = 1
 BASELINE_FIELDS = (
     "max_new_tokens",
@@ -174,24 +176,19 @@ class Evaluator:
 
     def _baseline(self) -> dict:
         """The cached SFT baseline when its key matches, else computed and cached (one worker at a time)."""
-        path = self.sweep_dir / "cache" / BASELINE_FILE
+        folder = SweepFolder(self.sweep_dir)
         key = self._baseline_key()
-        with file_lock(path.with_name(BASELINE_FILE + ".lock")):
-            try:
-                cached = read_json(path)
-            except (OSError, ValueError):
-                cached = None
-            if isinstance(cached, dict) and cached.get("key") == key:
-                self.log(f"SFT baseline: reused {path.relative_to(self.sweep_dir)}")
-                return cached
+        with file_lock(folder.baseline_json.with_name(folder.baseline_json.name + ".lock")):
+            cached = folder.read_baseline()
+            if cached is not None and cached.key == key:
+                self.log(f"SFT baseline: reused {folder.baseline_json.relative_to(self.sweep_dir)}")
+                return cached.to_json()
             baseline = self._compute_baseline(key)
-            write_json(path, baseline)
-        self.log(
-            f"SFT baseline: generated {len(baseline['responses'])} responses ({baseline['time_s']:.1f} s)"
-        )
-        return baseline
+            folder.write_baseline(baseline)
+        self.log(f"SFT baseline: generated {len(baseline.responses)} responses ({baseline.time_s:.1f} s)")
+        return baseline.to_json()
 
-    def _compute_baseline(self, key: str) -> dict:
+    def _compute_baseline(self, key: str) -> SftBaseline:
         start = perf_counter()
         count, samples = len(self.items), self.settings.samples_per_prompt
         responses = self._generate(self.sft_model, count, samples, self.decoding, EVAL_SEED)
@@ -208,29 +205,29 @@ class Evaluator:
         own = {name: values.reshape(count, samples) for name, values in scores.items()}
         metrics = response_metrics(lengths.ravel(), texts, self.settings.max_new_tokens)
         metrics.update(self._judged(own, own, lengths, lengths, references))
-        return {
-            "key": key,
-            "created": utc_now(),
-            "time_s": round(perf_counter() - start, 3),
-            "model": self.recipe.model.path,
-            "n_prompts": count,
-            "samples_per_prompt": samples,
-            "responses": texts,
-            "lengths": [response.length for response in responses],
-            "ended": [response.ended for response in responses],
-            "scores": {name: values.tolist() for name, values in scores.items()},
-            "reference_scores": {name: values.ravel().tolist() for name, values in references.items()}
+        return SftBaseline(
+            key=key,
+            created=utc_now(),
+            time_s=round(perf_counter() - start, 3),
+            model=self.recipe.model.path,
+            n_prompts=count,
+            samples_per_prompt=samples,
+            responses=texts,
+            lengths=[response.length for response in responses],
+            ended=[response.ended for response in responses],
+            scores={name: values.tolist() for name, values in scores.items()},
+            reference_scores={name: values.ravel().tolist() for name, values in references.items()}
             if references
             else None,
-            "metrics": metrics,
-        }
+            metrics=metrics,
+        )
 
     # ----------------------------------------------------------------------------------- evaluation
 
     def evaluate(self, policy, trial_dir: str | Path) -> dict:
         """Full evaluation: write trial_dir/samples.jsonl and return the flat metrics dict."""
         metrics, records = self._run(policy, len(self.items), with_kl=True)
-        write_jsonl(Path(trial_dir) / "samples.jsonl", records)
+        TrialFolder(Path(trial_dir)).write_samples(records)
         return metrics
 
     def quick(self, policy) -> float:

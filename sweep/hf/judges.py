@@ -1,5 +1,7 @@
-"""Judges score (prompt, response) pairs: a reward model (a one-logit sequence classifier) or a Python
-callable `module:function(prompts, responses) -> scores`. The first judge of a recipe is the primary one.
+"""Judges: a reward model or a Python callable that scores (prompt, response) pairs.
+
+A reward model is a one-logit sequence classifier; a callable is `module:function(prompts, responses) ->
+scores`. The first judge of a recipe is the primary one.
 
 A reward model reads each pair through its own tokenizer: with a chat template, the conversation
 [user prompt (or the prompt's own messages), assistant response] rendered by `apply_chat_template`;
@@ -21,7 +23,7 @@ import torch
 
 from sweep.errors import UserError
 from sweep.hf.formats import sequence_ids
-from sweep.hf.loading import judge_device, judge_dtype
+from sweep.hf.loading import judge_device, judge_dtype, with_pad_token
 from sweep.io import first_line
 from sweep.spec.recipe import JudgeSpec
 
@@ -101,7 +103,7 @@ class RewardModelJudge(Judge):
                     "a reward-model judge needs a single-logit head (num_labels=1)"
                 )
             revision = None if spec.tokenizer else spec.revision
-            self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, revision=revision, **options)
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, revision=revision, **options)
             self.model = AutoModelForSequenceClassification.from_pretrained(
                 path, revision=spec.revision, dtype=judge_dtype(spec.dtype, self.device), **options
             )
@@ -111,11 +113,11 @@ class RewardModelJudge(Judge):
                 f"judge {spec.name}: cannot load reward model {spec.reward_model!r}: {message}"
             ) from None
         self.model.to(self.device).eval()
+        try:
+            self.tokenizer = with_pad_token(tokenizer, tokenizer_path)
+        except UserError as error:
+            raise UserError(f"judge {spec.name}: {error}") from None
         self.pad_id = self.tokenizer.pad_token_id
-        if self.pad_id is None:
-            self.pad_id = self.tokenizer.eos_token_id
-        if self.pad_id is None:
-            raise UserError(f"judge {spec.name}: the reward model's tokenizer has no pad or eos token")
         text_config = self.model.config.get_text_config()
         if text_config.pad_token_id is None:
             text_config.pad_token_id = self.pad_id

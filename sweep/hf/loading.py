@@ -23,17 +23,25 @@ def load_object(path: str):
     return getattr(importlib.import_module(module), name)
 
 
-def _load_tokenizer(spec: ModelSpec, path: str, same_repo: bool):
-    """The policy's tokenizer (the model's revision applies when it comes from the model's repository)."""
-    tokenizer = AutoTokenizer.from_pretrained(
-        path, revision=spec.revision if same_repo else None, trust_remote_code=spec.trust_remote_code
-    )
+def with_pad_token(tokenizer, name: str):
+    """`tokenizer` with a pad token (its own, else eos); a UserError naming `name` when it has neither."""
     if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise UserError(f"the tokenizer of {name!r} has neither a pad token nor an eos token")
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def _load_model(spec: ModelSpec, path: str):
+def load_policy_tokenizer(spec: ModelSpec, path: str, same_repo: bool):
+    """The policy's tokenizer (the model's revision applies when it comes from the model's repository)."""
+    tokenizer = AutoTokenizer.from_pretrained(
+        path, revision=spec.revision if same_repo else None, trust_remote_code=spec.trust_remote_code
+    )
+    return with_pad_token(tokenizer, path)
+
+
+def load_policy(spec: ModelSpec, path: str):
+    """The policy (SFT) model in the recipe's dtype."""
     dtype = "auto" if spec.dtype == "auto" else DTYPES[spec.dtype]
     return AutoModelForCausalLM.from_pretrained(
         path, revision=spec.revision, dtype=dtype, trust_remote_code=spec.trust_remote_code
@@ -63,33 +71,21 @@ def judge_dtype(name: str, device: torch.device) -> torch.dtype:
 
 def load_tokenizer(name: str, trust_remote_code: bool = False):
     """A tokenizer (directory or Hub id) with a pad token (eos if it has none); UserError if it fails."""
-    from transformers import AutoTokenizer
-
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
         reason = first_line(error)
         raise UserError(f"cannot load the tokenizer of {name!r}: {reason}") from None
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise UserError(f"the tokenizer of {name!r} has neither a pad token nor an eos token")
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+    return with_pad_token(tokenizer, name)
 
 
 def resolve_device(name: str | Any):
     """`auto` is cuda when available, else cpu; anything else as given (cuda must be available)."""
-    from sweep.hf.loading import judge_device
-
     return judge_device(name, None) if isinstance(name, str) else name
 
 
 def load_causal_lm(name: str, device: str | Any):
-    """The target model (directory, Hub id or builtin:NAME; no remote code) on `device`, in eval mode."""
-    from transformers import AutoModelForCausalLM
-
-    from sweep.hf.loading import judge_dtype
-
+    """A causal LM (directory or Hub id; no remote code) on `device`, in eval mode."""
     target = resolve_device(device)
     try:
         model = AutoModelForCausalLM.from_pretrained(

@@ -11,7 +11,7 @@ from transformers.utils import logging as transformers_logging
 
 
 @contextlib.contextmanager
-def _no_progress_bars() -> Iterator[None]:
+def no_progress_bars() -> Iterator[None]:
     """Hide the progress bars of `datasets` (TRL's data preparation) and transformers (loading, saving)."""
     datasets_bars, transformers_bars = (
         datasets.is_progress_bar_enabled(),
@@ -26,6 +26,23 @@ def _no_progress_bars() -> Iterator[None]:
             datasets.enable_progress_bars()
         if transformers_bars:
             transformers_logging.enable_progress_bar()
+
+
+def quiet_process() -> None:
+    """Quiet this process for good: no progress bars, warnings or library info logs (a sweep worker)."""
+    import logging
+    import os
+    import warnings
+
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore")
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    for name in ("trl", "accelerate", "datasets"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 QUIET_ARGS = {"logging_steps": 0.2, "save_strategy": "no", "report_to": "none", "disable_tqdm": True}

@@ -15,7 +15,8 @@ from pathlib import Path
 import pandas as pd
 
 from sweep.io import write_text
-from sweep.report.figures import PlotData, draw_figures
+from sweep.report.canvas import PlotData
+from sweep.report.figures import draw_figures
 from sweep.report.html import render_html
 from sweep.report.load import load_sweeps, load_trials, read_trials, sft_length, sweep_progress
 from sweep.report.robustness import (

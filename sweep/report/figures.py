@@ -2,152 +2,36 @@
 
 from __future__ import annotations
 
-import io
 import math
-import re
-import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from sweep.io import write_bytes, write_text
+from sweep.report.canvas import (
+    DPI,
+    LINE_STYLES,
+    FigureFile,
+    PlotData,
+    figure,
+    legend,
+    log_x_if_wide,
+    metric_label,
+    param_label,
+    plain_ticks,
+    point_style,
+    render,
+    scatter,
+    shared_bins,
+    slug,
+    use_agg,
+)
 from sweep.report.load import param_columns
-from sweep.report.robustness import PENALIZED_STATES, Objective, expected_best_band, expected_best_of_k
-from sweep.spec import metrics
-from sweep.spec.methods import HYPERPARAMETERS
+from sweep.report.robustness import PENALIZED_STATES, expected_best_band, expected_best_of_k
 
-DPI = 110
-STYLE = {
-    "font.size": 9.5,
-    "axes.titlesize": 10.5,
-    "axes.grid": True,
-    "grid.alpha": 0.3,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "legend.fontsize": 8.5,
-    "svg.fonttype": "none",
-}
-RASTERIZE_ABOVE = 500
-CROWDED = 500
-LINE_STYLES = ("-", "--", ":", "-.")
 LEARNING_RATE = "param.learning_rate"
-
-
-@dataclass(frozen=True)
-class FigureFile:
-    """A saved figure: file stem, one-sentence caption and the PNG bytes (for embedding)."""
-
-    name: str
-    caption: str
-    png: bytes
-
-
-@dataclass(frozen=True)
-class PlotData:
-    """Everything the figures read: trials, their group labels and colours, the scored objective."""
-
-    trials: pd.DataFrame
-    objective: Objective
-    labels: pd.Series
-    scored: pd.Series
-    sft_lengths: dict[str, float]
-
-    @property
-    def groups(self) -> list[str]:
-        """Group labels in display order."""
-        return sorted(self.labels.unique())
-
-    def color(self, group: str) -> tuple:
-        """A fixed colour per group, the same in every figure."""
-        from matplotlib import colormaps
-
-        groups = self.groups
-        palette = colormaps["tab10" if len(groups) <= 10 else "tab20"]
-        return palette(groups.index(group) % palette.N)
-
-
-def metric_label(metric: str) -> str:
-    """Axis label with units for a metric key ("gold.win_rate_vs_sft" names its judge)."""
-    return metrics.axis_label(metric)
-
-
-def _param_label(column: str) -> str:
-    name = column.removeprefix("param.")
-    return HYPERPARAMETERS[name].label if name in HYPERPARAMETERS else name
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
-
-
-def _figure(plot_width: float, plot_height: float, legend_labels: list[str] = (), bottom: float = 0.6):
-    """A one-axes figure with fixed margins in inches and room on the right for a legend.
-
-    Fixed margins instead of a layout engine: the layout pass would double the drawing time per figure.
-    """
-    from matplotlib.figure import Figure
-
-    left, top = 0.9, 0.5
-    legend = 0.75 + 0.068 * max(map(len, legend_labels)) if legend_labels else 0.25
-    width, height = left + plot_width + legend, bottom + plot_height + top
-    fig = Figure(figsize=(width, height), dpi=DPI)
-    fig.subplots_adjust(
-        left=left / width, right=(left + plot_width) / width, bottom=bottom / height, top=1 - top / height
-    )
-    return fig, fig.subplots()
-
-
-def _legend(ax, title: str | None = None) -> None:
-    """Legend outside the plot, right of it, so that it never hides data; markers drawn large and opaque."""
-    legend = ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, title=title)
-    for handle in legend.legend_handles:
-        handle.set_alpha(1)
-        if hasattr(handle, "set_sizes"):
-            handle.set_sizes([20])
-
-
-def _plain_ticks(ax, values, max_ticks: int = 8) -> None:
-    """Tick labels like 0.05 and 1e-06 (no mathtext); ticks at the values themselves when few."""
-    from matplotlib.ticker import FuncFormatter, NullFormatter
-
-    values = np.unique(np.asarray(values, dtype=float))
-    if len(values) <= max_ticks:
-        ax.set_xticks(values, labels=[f"{v:.3g}" for v in values])
-    else:
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
-    ax.xaxis.set_minor_formatter(NullFormatter())
-
-
-def _log_x_if_wide(ax, values) -> None:
-    """Log x-axis when the positive values span more than a factor of 10."""
-    values = np.asarray(values, dtype=float)
-    values = values[np.isfinite(values)]
-    if len(values) and values.min() > 0 and values.max() > 10 * values.min():
-        ax.set_xscale("log")
-
-
-def _point_style(points: int) -> dict:
-    """Marker size and opacity for a scatter of `points` dots: smaller and lighter when they crowd."""
-    return {"s": 14, "alpha": 0.75} if points <= CROWDED else {"s": 5, "alpha": 0.3}
-
-
-def _scatter(ax, x, y, **kwargs) -> None:
-    ax.scatter(x, y, rasterized=len(x) > RASTERIZE_ABOVE, edgecolors="none", **kwargs)
-
-
-def _shared_bins(values: np.ndarray, metric: str) -> np.ndarray:
-    """Bin edges shared by every method: 0.05-wide bins over [0, 1] for a win rate, else over the data."""
-    found = metrics.metric(metric)
-    if found is not None and found.bounded:
-        return np.linspace(found.low, found.high, 21)
-    low, high = values.min(), values.max()
-    if low == high:
-        low, high = low - max(0.5, abs(low) / 10), high + max(0.5, abs(high) / 10)
-    return np.linspace(low, high, int(np.clip(np.sqrt(len(values)), 5, 30)) + 1)
 
 
 def performance_hist(data: PlotData):
@@ -158,7 +42,7 @@ def performance_hist(data: PlotData):
     groups = [g for g in data.groups if values[data.labels == g].notna().any()]
     if not groups:
         return None
-    edges = _shared_bins(values.dropna().to_numpy(), data.objective.metric)
+    edges = shared_bins(values.dropna().to_numpy(), data.objective.metric)
     columns = min(len(groups), 4)
     rows = math.ceil(len(groups) / columns)
     width, height = 0.8 + 3.0 * columns + 0.3 * (columns - 1), 1.1 + 2.2 * rows + 1.0 * (rows - 1)
@@ -214,18 +98,18 @@ def _distribution(data: PlotData, column: str, title: str, caption: str, referen
     groups = list(per_group)
     rotate = len(groups) > 4 or max(map(len, groups)) > 14
     names = [f"SFT model ({sweep})" if len(references) > 1 else "SFT model" for sweep in references]
-    fig, ax = _figure(
+    fig, ax = figure(
         max(4.0, 0.9 * len(groups)),
         3.4,
         ["one trial", *names],
         bottom=0.65 + (0.036 * max(map(len, groups)) if rotate else 0),
     )
     rng = np.random.default_rng(0)
-    style = _point_style(sum(map(len, per_group.values())))
+    style = point_style(sum(map(len, per_group.values())))
     for position, (group, values) in enumerate(per_group.items()):
         jitter = position + rng.uniform(-0.2, 0.2, len(values))
         label = "one trial" if position == 0 else None
-        _scatter(ax, jitter, values, color=data.color(group), label=label, **style)
+        scatter(ax, jitter, values, color=data.color(group), label=label, **style)
     ax.boxplot(
         list(per_group.values()),
         positions=range(len(groups)),
@@ -244,7 +128,7 @@ def _distribution(data: PlotData, column: str, title: str, caption: str, referen
     ax.set_xlabel("method")
     ax.set_ylabel(metric_label(column))
     ax.set_title(title)
-    _legend(ax)
+    legend(ax)
     return fig, caption
 
 
@@ -292,11 +176,11 @@ def kl_vs_score(data: PlotData):
     if not both.any():
         return None
     groups = [g for g in data.groups if (both & (data.labels == g)).any()]
-    fig, ax = _figure(5.2, 3.6, [*groups, "method"])
-    style = _point_style(int(both.sum()))
+    fig, ax = figure(5.2, 3.6, [*groups, "method"])
+    style = point_style(int(both.sum()))
     for group in groups:
         selected = both & (data.labels == group)
-        _scatter(
+        scatter(
             ax,
             data.trials.loc[selected, "kl_to_sft"],
             data.trials.loc[selected, "objective"],
@@ -305,13 +189,13 @@ def kl_vs_score(data: PlotData):
             **style,
         )
     kl = data.trials.loc[both, "kl_to_sft"]
-    _log_x_if_wide(ax, kl)
+    log_x_if_wide(ax, kl)
     if ax.get_xscale() == "log":
-        _plain_ticks(ax, kl, max_ticks=0)
+        plain_ticks(ax, kl, max_ticks=0)
     ax.set_xlabel(metric_label("kl_to_sft"))
     ax.set_ylabel(metric_label(data.objective.metric))
     ax.set_title("Objective against KL to the SFT model, one dot per trial")
-    _legend(ax, "method")
+    legend(ax, "method")
     caption = (
         f"Each trial's {data.objective.metric} against its KL to the SFT model: points up and to the left "
         "reach a good score while staying close to the SFT model; a method whose points spread to the right "
@@ -334,7 +218,7 @@ def expected_best_of_k_figure(data: PlotData):
         return None
     sizes = {g: int(data.scored[data.labels == g].notna().sum()) for g in groups}
     labels = [f"{g} (N = {sizes[g]})" for g in groups]
-    fig, ax = _figure(5.2, 3.6, [*labels, "method, trials"])
+    fig, ax = figure(5.2, 3.6, [*labels, "method, trials"])
     for group, label in zip(groups, labels):
         values = data.scored[data.labels == group].dropna().to_numpy()
         ks = _budgets(len(values))
@@ -350,9 +234,9 @@ def expected_best_of_k_figure(data: PlotData):
         )
         ax.fill_between(ks, low, high, color=data.color(group), alpha=0.18, linewidth=0)
     largest = max(sizes.values())
-    _log_x_if_wide(ax, [1, largest])
+    log_x_if_wide(ax, [1, largest])
     if ax.get_xscale() == "log":
-        _plain_ticks(
+        plain_ticks(
             ax,
             [k for k in (1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000) if k <= largest],
             max_ticks=13,
@@ -360,7 +244,7 @@ def expected_best_of_k_figure(data: PlotData):
     ax.set_xlabel("k, trials drawn at random without replacement")
     ax.set_ylabel(f"expected best: {metric_label(data.objective.metric)}")
     ax.set_title("Expected best of k random trials (band: 5–95% bootstrap)")
-    _legend(ax, "method, trials")
+    legend(ax, "method, trials")
     caption = (
         f"Expected best {data.objective.metric} after trying k hyperparameter settings at random from the "
         "sweep (k = 1 is the mean trial, k = N the best one found; band: 5–95% bootstrap): on a small "
@@ -407,7 +291,7 @@ def _sensitivity(data: PlotData, method: str, column: str):
     labels = [_line_label(group, lr, several_groups) for (group, lr), _ in lines]
     failed = frame[trials.loc[frame.index, "state"].isin(PENALIZED_STATES)]
     failed_label = "failed/diverged (scored as worst)"
-    fig, ax = _figure(5.2, 3.6, [*labels, failed_label] if len(failed) else labels)
+    fig, ax = figure(5.2, 3.6, [*labels, failed_label] if len(failed) else labels)
     rates = sorted(frame["lr"].dropna().unique())
     groups = sorted(frame["group"].unique())
     for ((group, lr), line), label in zip(lines, labels):
@@ -422,13 +306,13 @@ def _sensitivity(data: PlotData, method: str, column: str):
         ax.fill_between(stats.index, low, high, color=color, alpha=0.15, linewidth=0)
     if len(failed):
         ax.scatter(failed["x"], failed["y"], marker="x", color="crimson", s=30, zorder=3, label=failed_label)
-    _log_x_if_wide(ax, frame["x"])
-    _plain_ticks(ax, frame["x"])
+    log_x_if_wide(ax, frame["x"])
+    plain_ticks(ax, frame["x"])
     name = column.removeprefix("param.")
-    ax.set_xlabel(_param_label(column))
+    ax.set_xlabel(param_label(column))
     ax.set_ylabel(metric_label(data.objective.metric))
     ax.set_title(f"{method}: sensitivity to {name}")
-    _legend(ax, "learning rate" if by_rate else None)
+    legend(ax, "learning rate" if by_rate else None)
     lines_note = "one line per learning rate, " if by_rate else ""
     caption = (
         f"{method}'s {data.objective.metric} as {name} varies ({lines_note}mean over seeds and the other "
@@ -443,7 +327,7 @@ def sensitivity_figures(data: PlotData) -> Iterator[tuple[str, Callable]]:
     for method in sorted(data.trials["method"].dropna().unique()):
         trials = data.trials[(data.trials["method"] == method) & data.scored.notna()]
         for column in _numeric_swept(trials):
-            name = f"sensitivity_{_slug(method)}_{_slug(column.removeprefix('param.'))}"
+            name = f"sensitivity_{slug(method)}_{slug(column.removeprefix('param.'))}"
             yield name, partial(_sensitivity, method=method, column=column)
 
 
@@ -460,37 +344,11 @@ def figure_builders(data: PlotData) -> list[tuple[str, Callable]]:
     ]
 
 
-def _render(data: PlotData, name: str, builder: Callable, out_dir: Path) -> FigureFile | None:
-    """Build figure `name`, write its PNG and SVG to out_dir and return it; None when it has no data."""
-    from matplotlib import rc_context
-
-    with rc_context(STYLE):
-        drawn = builder(data)
-        if drawn is None:
-            return None
-        fig, caption = drawn
-        png = io.BytesIO()
-        fig.savefig(png, format="png", pil_kwargs={"compress_level": 1})
-        svg = io.StringIO()
-        fig.savefig(svg, format="svg", metadata={"Date": None})
-    write_bytes(out_dir / f"{name}.png", png.getvalue())
-    write_text(out_dir / f"{name}.svg", svg.getvalue())
-    return FigureFile(name, caption, png.getvalue())
-
-
-def _use_agg() -> None:
-    """Select matplotlib's Agg backend, unless this process already uses pyplot (then keep its backend)."""
-    import matplotlib
-
-    if "matplotlib.pyplot" not in sys.modules:
-        matplotlib.use("Agg")
-
-
 def draw_figures(data: PlotData, out_dir: Path) -> list[FigureFile]:
     """Draw every figure that has data, write `<name>.png` and `<name>.svg` to out_dir, return them."""
-    _use_agg()
+    use_agg()
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in [*out_dir.glob("*.png"), *out_dir.glob("*.svg")]:
         stale.unlink()
-    drawn = (_render(data, name, builder, out_dir) for name, builder in figure_builders(data))
+    drawn = (render(data, name, builder, out_dir) for name, builder in figure_builders(data))
     return [figure for figure in drawn if figure is not None]

@@ -8,8 +8,8 @@ from html import escape
 import pandas as pd
 
 from sweep.io import utc_now
-from sweep.report.figures import FigureFile
-from sweep.report.load import Progress, SweepInfo, sweep_progress
+from sweep.report.canvas import FigureFile
+from sweep.report.load import SweepInfo, SweepProgress, sweep_progress
 from sweep.report.robustness import NEAR_BEST, Objective
 from sweep.spec import metrics
 
@@ -29,7 +29,7 @@ pre { background: #f6f8fa; padding: .8rem; overflow-x: auto; font-size: .8rem; }
 """
 
 
-def _progress_section(progress: list[Progress]) -> str:
+def _progress_section(progress: list[SweepProgress]) -> str:
     rows = "".join(
         f"<tr><td>{escape(p.sweep)}</td><td>{p.text}</td><td>{p.running}</td>"
         f"<td>{'still running (or stopped early)' if p.still_running else 'finished'}</td>"

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from sweep.errors import UserError
+from sweep.results import RUNNING, TRIAL_STATES, SweepFolder, TrialRecord
 
-RUNNING = "running"
-STATES = ("complete", "failed", "diverged", "pruned", "interrupted", RUNNING)
+STATES = TRIAL_STATES
 IDENTITY_COLUMNS = ("sweep", "trial_id", "method", "variant", "seed", "state", "objective")
 RECORD_COLUMNS = ("started", "finished", "attempt", "error_type", "error_reason", "error_message")
-_NOT_METRICS = frozenset({*IDENTITY_COLUMNS, *RECORD_COLUMNS, "error", "time_s"})
+_NOT_METRICS = frozenset({*IDENTITY_COLUMNS, *RECORD_COLUMNS, "error", "time_s", "schema_version"})
 
 
 @dataclass(frozen=True)
@@ -33,17 +32,9 @@ class SweepInfo:
         return len(self.meta.get("planned_trials") or [])
 
     @property
-    def sft_baseline(self) -> Path:
-        """Path of the SFT model's cached metrics and response lengths."""
-        return self.path / "cache" / "sft_baseline.json"
-
-
-def _read_json(path: str | Path) -> dict:
-    try:
-        with open(path, "rb") as handle:
-            return json.loads(handle.read())
-    except json.JSONDecodeError as error:
-        raise UserError(f"{path} is not valid JSON: {error}") from error
+    def folder(self) -> SweepFolder:
+        """The results folder."""
+        return SweepFolder(self.path)
 
 
 def load_sweeps(sweep_dirs: list[Path]) -> list[SweepInfo]:
@@ -53,9 +44,9 @@ def load_sweeps(sweep_dirs: list[Path]) -> list[SweepInfo]:
         raise UserError("no results folder given")
     metas = []
     for path in dirs:
-        if not (path / "sweep.json").is_file():
+        if not SweepFolder(path).exists():
             raise UserError(f"{path} is not a sweep folder: it has no sweep.json")
-        metas.append(_read_json(path / "sweep.json"))
+        metas.append(SweepFolder(path).read_sweep().to_json())
     names = [meta.get("name") or path.name for path, meta in zip(dirs, metas)]
     if len(set(names)) < len(names):
         names = (
@@ -63,10 +54,7 @@ def load_sweeps(sweep_dirs: list[Path]) -> list[SweepInfo]:
             if len({p.name for p in dirs}) == len(dirs)
             else [str(p) for p in dirs]
         )
-    recipes = [
-        (p / "recipe.yaml").read_text(encoding="utf-8") if (p / "recipe.yaml").is_file() else None
-        for p in dirs
-    ]
+    recipes = [SweepFolder(p).read_recipe() for p in dirs]
     return [SweepInfo(p, n, m, r) for p, n, m, r in zip(dirs, names, metas, recipes)]
 
 
@@ -87,20 +75,22 @@ def _flatten(prefix: str, mapping: dict, out: dict, skip: frozenset = frozenset(
             out[name] = value
 
 
-def _trial_record(sweep: str, trial_dir: str, params: dict, metrics: dict | None) -> dict:
-    variant = params.get("variant")
+def _trial_record(sweep: str, trial: TrialRecord) -> dict:
+    params = trial.params
+    variant = params.variant
     record = {
         "sweep": sweep,
-        "trial_id": params.get("trial_id") or os.path.basename(trial_dir),
-        "method": params.get("method"),
+        "trial_id": trial.trial_id,
+        "method": params.method,
         "variant": variant if variant is None or isinstance(variant, str) else json.dumps(variant),
-        "seed": params.get("seed"),
-        "state": RUNNING if metrics is None else metrics.get("state"),
-        "objective": None if metrics is None else metrics.get("objective"),
+        "seed": params.seed,
+        "state": trial.state,
+        "objective": None if trial.metrics is None else trial.metrics.objective,
     }
-    _flatten("param.", params.get("params") or {}, record)
-    if metrics is None:
+    _flatten("param.", params.params or {}, record)
+    if trial.metrics is None:
         return record
+    metrics = trial.metrics.to_json()
     _flatten("", metrics, record, _NOT_METRICS)
     _flatten("time_s.", metrics.get("time_s") or {}, record)
     error = metrics.get("error") or {}
@@ -116,22 +106,7 @@ def _trial_record(sweep: str, trial_dir: str, params: dict, metrics: dict | None
 
 
 def _sweep_records(sweep: SweepInfo) -> list[dict]:
-    trials_dir = sweep.path / "trials"
-    try:
-        trial_dirs = sorted(entry.path for entry in os.scandir(trials_dir) if entry.is_dir())
-    except FileNotFoundError:
-        trial_dirs = []
-    records = []
-    for trial_dir in trial_dirs:
-        try:
-            params = _read_json(os.path.join(trial_dir, "params.json"))
-        except FileNotFoundError:
-            continue  # the engine is creating this trial folder right now
-        try:
-            metrics = _read_json(os.path.join(trial_dir, "metrics.json"))
-        except FileNotFoundError:
-            metrics = None
-        records.append(_trial_record(sweep.name, trial_dir, params, metrics))
+    records = [_trial_record(sweep.name, trial) for trial in sweep.folder.trials()]
     if not records:
         raise UserError(f"{sweep.path} has no trials yet (no trials/*/params.json)")
     return records
@@ -186,17 +161,12 @@ def metric_columns(trials: pd.DataFrame) -> list[str]:
 
 def sft_length(sweep: SweepInfo) -> float | None:
     """The SFT model's mean response length in tokens, from cache/sft_baseline.json; None if not there."""
-    if not sweep.sft_baseline.is_file():
-        return None
-    baseline = _read_json(sweep.sft_baseline)
-    length = (baseline.get("metrics") or {}).get("length_mean")
-    if length is None and baseline.get("lengths"):
-        length = sum(baseline["lengths"]) / len(baseline["lengths"])
-    return length
+    baseline = sweep.folder.read_baseline()
+    return None if baseline is None else baseline.length_mean
 
 
 @dataclass(frozen=True)
-class Progress:
+class SweepProgress:
     """How far one sweep has got: finished trials (any final state), running ones, and the plan."""
 
     sweep: str
@@ -216,10 +186,10 @@ class Progress:
         return f"{self.finished}/{self.planned}"
 
 
-def sweep_progress(sweep: SweepInfo, trials: pd.DataFrame) -> Progress:
+def sweep_progress(sweep: SweepInfo, trials: pd.DataFrame) -> SweepProgress:
     """Progress of one sweep from its trial states and sweep.json's planned_trials."""
     states = trials.loc[trials["sweep"] == sweep.name, "state"]
     running = int((states == RUNNING).sum())
     finished = len(states) - running
     overhead = sweep.meta.get("overhead_fraction")
-    return Progress(sweep.name, finished, running, max(sweep.planned, len(states)), overhead)
+    return SweepProgress(sweep.name, finished, running, max(sweep.planned, len(states)), overhead)

@@ -10,7 +10,9 @@ import numpy as np
 import pandas as pd
 
 from sweep.errors import UserError
-from sweep.report.load import RUNNING, STATES, SweepInfo, metric_columns, param_columns
+from sweep.report.load import SweepInfo, metric_columns, param_columns
+from sweep.results import RUNNING
+from sweep.results import TRIAL_STATES as STATES
 from sweep.spec import metrics
 
 NEAR_BEST = 0.05

@@ -1,1 +1,1 @@
-"""The spec layer: recipe schema and validation, methods registry, metric catalog, TRL fields, plan (no torch)."""
+"""The spec layer (no torch): recipe schema and validation, methods registry, metric catalog, plan."""

@@ -8,12 +8,11 @@ method's (conditional) space `n_trials` times per seed; their trial ids are know
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from sweep.io import json_digest
 from sweep.spec.methods import HYPERPARAMETERS, REGISTRY
 from sweep.spec.recipe import Distribution, ParamSpace, Recipe
 
@@ -67,7 +66,7 @@ class Plan:
 
 
 def _digest(obj: object) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+    return json_digest(obj, length=64)
 
 
 def format_value(value: float) -> str:

@@ -31,8 +31,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from time import perf_counter
@@ -44,7 +42,7 @@ from sweep.errors import UserError
 from sweep.hf.data import load_pair_rows, read_rows
 from sweep.hf.formats import pair_token_ids
 from sweep.hf.loading import load_causal_lm, load_tokenizer, resolve_device
-from sweep.io import utc_now, write_bytes, write_json, write_jsonl, write_text
+from sweep.io import utc_now, write_bytes, write_json, write_jsonl, write_text, write_via
 from sweep.spec.recipe import TrainData
 from sweep.tools.datastats import RESPONSES, distribution
 
@@ -142,19 +140,6 @@ def local_file(source: TrainData) -> Path | None:
     return path if path.is_file() else None
 
 
-def _replace_with(path: Path, write: Callable[[Path], None]) -> None:
-    """Write `path` atomically through a writer that takes a file name (a temporary file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_subset(source_file: Path, kept: Sequence[int], out: Path) -> None:
     """Write the kept rows of a local data file to `out` in the file's own format, values untouched."""
     suffix = source_file.suffix.lower()
@@ -174,12 +159,12 @@ def write_subset(source_file: Path, kept: Sequence[int], out: Path) -> None:
         import pyarrow.parquet as pq
 
         table = pq.read_table(source_file).take(list(kept))
-        _replace_with(out, lambda tmp: pq.write_table(table, tmp))
+        write_via(out, lambda tmp: pq.write_table(table, tmp))
     else:
         import pandas as pd
 
         frame = pd.read_csv(source_file, dtype=str, keep_default_na=False).iloc[list(kept)]
-        _replace_with(out, lambda tmp: frame.to_csv(tmp, index=False))
+        write_via(out, lambda tmp: frame.to_csv(tmp, index=False))
 
 
 def _quantiles(values: Sequence[float]) -> dict[str, float] | None:

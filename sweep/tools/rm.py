@@ -1,5 +1,6 @@
-"""Reward (preference) model training, the judge-building step of "Investigating on RLHF methodology"
-(arXiv 2410.01789).
+"""Reward (preference) model training (`posweep rm train`).
+
+The judge-building step of "Investigating on RLHF methodology" (arXiv 2410.01789).
 
 `train_reward_model` turns any causal-LM or sequence-classification checkpoint into a one-output sequence
 classifier trained with TRL's `RewardTrainer` (Bradley–Terry loss on chosen/rejected pairs). It holds out a
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from functools import partial
@@ -30,7 +30,7 @@ from sweep.errors import UserError
 from sweep.hf.judges import score_ids
 from sweep.hf.loading import load_tokenizer
 from sweep.hf.quiet import QUIET_ARGS, quiet_trainer
-from sweep.io import package_versions, utc_now, write_json
+from sweep.io import atomic_dir, package_versions, utc_now, write_json
 
 SUMMARY_FILE = "posweep_rm.json"
 
@@ -69,14 +69,10 @@ def _check_pairs(pairs, eval_fraction: float) -> int:
     return n_heldout
 
 
-def _temporary_sibling(out_dir: Path) -> Path:
-    """A new directory beside `out_dir` to build in, once `out_dir` is known to be free."""
+def _check_free(out_dir: Path) -> None:
+    """A UserError unless `out_dir` is free (missing, or an empty directory)."""
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise UserError(f"{out_dir} already exists and is not empty; choose another output directory")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    build.chmod(0o755)  # mkdtemp makes it private; the model directory is an ordinary one
-    return build
 
 
 def train_reward_model(
@@ -111,8 +107,8 @@ def train_reward_model(
     if not heldout_kept:
         raise UserError(f"every held-out pair is longer than max_length={max_length} tokens")
     on_gpu = torch.cuda.is_available()
-    build = _temporary_sibling(out_dir)
-    try:
+    _check_free(out_dir)
+    with atomic_dir(out_dir) as build:
         args = RewardConfig(
             output_dir=str(build / "trainer"),
             num_train_epochs=epochs,
@@ -177,12 +173,6 @@ def train_reward_model(
             },
         }
         write_json(build / SUMMARY_FILE, summary)
-        if out_dir.exists():
-            out_dir.rmdir()
-        build.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(build, ignore_errors=True)
-        raise
     log(
         f"reward model saved in {out_dir}: held-out accuracy {summary['heldout_accuracy']:.3f} "
         f"({len(margins)} pairs)"

@@ -4,28 +4,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 
-from sweep.io import append_jsonl
 
-
-class _TrialCallback(TrainerCallback):
-    """Appends TRL's log records to train_log.jsonl, stops on a non-finite loss, and reports for pruning.
+class TrialCallback(TrainerCallback):
+    """Sends TRL's log records to `log` (train_log.jsonl), stops on a non-finite loss, reports for pruning.
 
     The pruning value is `quick(model)` every `every_steps` steps, or the last logged loss without `quick`.
     """
 
     def __init__(
         self,
-        log_path: Path,
+        log: Callable[[dict], None],
         every_steps: int | None,
         quick: Callable[[Any], float] | None,
         report: Callable[[int, float], bool] | None,
     ):
-        self.log_path = log_path
+        self.log = log
         self.every_steps = every_steps if report is not None else None
         self.quick = quick
         self.report = report
@@ -35,7 +32,7 @@ class _TrialCallback(TrainerCallback):
         self.pruned_at: int | None = None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        append_jsonl(self.log_path, {"step": state.global_step, "epoch": state.epoch, **(logs or {})})
+        self.log({"step": state.global_step, "epoch": state.epoch, **(logs or {})})
         if logs and "loss" in logs:
             self.last_loss = float(logs["loss"])
             if not math.isfinite(self.last_loss):

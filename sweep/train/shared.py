@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import shutil
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 import datasets
 import torch
 
-from sweep.io import file_lock, json_digest, package_versions, write_bytes
+from sweep.io import atomic_dir, file_lock, json_digest, package_versions, write_bytes
 from sweep.train.hooks import dataset_fingerprint
 
 CACHE_FORMAT = 1
@@ -68,7 +67,9 @@ class SharedTraining:
             folder = self.cache_dir / "prepared" / key
             with file_lock(folder.with_suffix(".lock")):
                 if not folder.is_dir():
-                    _save_dataset(prepare(), folder)
+                    dataset = prepare()
+                    with atomic_dir(folder) as staging:
+                        dataset.save_to_disk(str(staging))
                 self._prepared[key] = datasets.load_from_disk(str(folder))
         return self._prepared[key]
 
@@ -108,18 +109,6 @@ def _model_stamp(path: str) -> list | None:
     if not folder.is_dir():
         return None
     return [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.iterdir()) if p.is_file()]
-
-
-def _save_dataset(dataset: datasets.Dataset, folder: Path) -> None:
-    """Save a dataset into `folder` atomically (a temporary folder renamed into place)."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-    try:
-        dataset.save_to_disk(str(staging))
-        staging.rename(folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def reference_columns(values: Mapping[str, torch.Tensor], ld_alpha: float | None) -> dict[str, torch.Tensor]:

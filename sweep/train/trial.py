@@ -17,7 +17,6 @@ import copy
 import gc
 import math
 import os
-import shutil
 import time
 import traceback
 from collections.abc import Callable
@@ -31,14 +30,15 @@ import torch
 from transformers import PrinterCallback, set_seed
 
 from sweep.hf.data import load_pairs
-from sweep.hf.loading import _load_model, _load_tokenizer, load_object
-from sweep.hf.quiet import _no_progress_bars
-from sweep.io import read_json, utc_now, write_json, write_text
+from sweep.hf.loading import load_object, load_policy, load_policy_tokenizer
+from sweep.hf.quiet import no_progress_bars
+from sweep.io import utc_now
+from sweep.results import SweepFolder, TrialFolder, TrialMetrics, TrialParams
 from sweep.spec.methods import Method, get_method
 from sweep.spec.plan import TrialSpec
 from sweep.spec.recipe import Recipe
 from sweep.train import hooks
-from sweep.train.callback import _TrialCallback
+from sweep.train.callback import TrialCallback
 from sweep.train.config import _lora_config, trl_config
 from sweep.train.shared import (
     REFERENCE_BATCH_FACTOR,
@@ -49,7 +49,6 @@ from sweep.train.shared import (
 
 EVALUATION_TIMES = ("generate", "judge", "kl")
 TIME_KEYS = ("load", "train", *EVALUATION_TIMES, "total")
-SCRATCH = "scratch"
 
 
 @dataclass
@@ -96,12 +95,12 @@ class Worker:
         started = time.perf_counter()
         self.recipe = recipe
         self.sweep_dir = Path(sweep_dir)
+        self.results = SweepFolder(sweep_dir)
         self.device = device
         self.log = log
         self._evaluator_factory = evaluator_factory
         self._evaluator = None
         self._lora = _lora_config(recipe.model.lora) if recipe.model.lora else None
-        cache_dir = self.sweep_dir / "cache"
         model_path = recipe.model.path
         tokenizer = recipe.model.tokenizer
         tokenizer_path = tokenizer or model_path
@@ -113,10 +112,10 @@ class Worker:
                 for variant, source in recipe.data.variants.items()
             }
         )
-        with _no_progress_bars():
-            self.tokenizer = _load_tokenizer(recipe.model, tokenizer_path, same_repo=tokenizer is None)
-            self.sft = _load_model(recipe.model, model_path).to(device).eval().requires_grad_(False)
-        self.shared = SharedTraining(cache_dir, self.tokenizer)
+        with no_progress_bars():
+            self.tokenizer = load_policy_tokenizer(recipe.model, tokenizer_path, same_repo=tokenizer is None)
+            self.sft = load_policy(recipe.model, model_path).to(device).eval().requires_grad_(False)
+        self.shared = SharedTraining(self.results.cache, self.tokenizer)
         self.reference_cache = reference_cache
         self._reference_identity = {
             "model": recipe.model.model_dump(mode="json", exclude={"lora"}),
@@ -148,23 +147,21 @@ class Worker:
 
     def trial_dir(self, trial_id: str) -> Path:
         """The folder of one trial."""
-        return self.sweep_dir / "trials" / trial_id
+        return self.results.trial(trial_id).path
 
     def run(
         self, spec: TrialSpec, attempt: int = 1, report: Callable[[int, float], bool] | None = None
     ) -> TrialResult:
         """Train, evaluate and record one trial; `report(step, value)` returning True prunes it."""
-        folder = self.trial_dir(spec.trial_id)
-        recorded = _read_metrics(folder)
-        if recorded is not None and recorded.get("state") == "complete":
+        folder = self.results.trial(spec.trial_id)
+        recorded = folder.read_metrics()
+        if recorded is not None and recorded.state == "complete":
             return _result_from(recorded)
-        if folder.exists():
-            shutil.rmtree(folder)
         method = get_method(spec.method)
         self.trials_run += 1
         started, clock, setup = utc_now(), time.perf_counter(), self.setup_s
-        params = {**spec.to_json(), "trl_fields": method.trl_fields(spec.params), "attempt": attempt}
-        write_json(folder / "params.json", params)
+        params = TrialParams(**spec.to_json(), trl_fields=method.trl_fields(spec.params), attempt=attempt)
+        folder.start(params)
         outcome = _Outcome()
         try:
             self._train_and_evaluate(spec, method, folder, report, outcome)
@@ -175,10 +172,10 @@ class Worker:
         except Exception as error:  # a failed trial is a result, not a crash of the worker
             outcome.state, outcome.objective = "failed", None
             outcome.error = _describe(error, "oom" if _is_oom(error) else "exception")
-            write_text(folder / "traceback.txt", traceback.format_exc())
+            folder.write_traceback(traceback.format_exc())
             self.log(f"{spec.trial_id}: failed: {outcome.error['type']}: {outcome.error['message']}")
         finally:
-            shutil.rmtree(folder / SCRATCH, ignore_errors=True)
+            folder.discard_scratch()
             hooks.restore_forward(self.sft)
             _free_memory(freeze=self.trials_run == 1)
         return self._write_metrics(spec, folder, outcome, started, clock + self.setup_s - setup, attempt)
@@ -187,7 +184,7 @@ class Worker:
         self,
         spec: TrialSpec,
         method: Method,
-        folder: Path,
+        folder: TrialFolder,
         report: Callable[[int, float], bool] | None,
         outcome: _Outcome,
     ) -> None:
@@ -205,8 +202,8 @@ class Worker:
         evaluator = self.evaluator
         quick = evaluator.quick if evaluator is not None else None
         clock = time.perf_counter()
-        callback = _TrialCallback(folder / "train_log.jsonl", self.recipe.eval.every_steps, quick, report)
-        trainer = self._trainer(spec, method, policy, reference, folder / SCRATCH, callback)
+        callback = TrialCallback(folder.log, self.recipe.eval.every_steps, quick, report)
+        trainer = self._trainer(spec, method, policy, reference, folder.scratch, callback)
         reference_s = self._supply_reference(trainer, method) if reference is self.sft else None
         output = trainer.train()
         policy = trainer.model
@@ -248,14 +245,14 @@ class Worker:
         policy,
         reference,
         output_dir: Path,
-        callback: _TrialCallback,
+        callback: TrialCallback,
     ):
         """The method's TRL trainer for this trial, its data prepared as the method needs."""
         config = trl_config(method, spec.params, self.recipe.train, spec.seed, output_dir, self.device)
         extra = {"ref_model": reference} if method.reference != "none" else {}
         if self._lora is not None:
             extra["peft_config"] = self._lora
-        with _no_progress_bars(), hooks.serving(self.shared):
+        with no_progress_bars(), hooks.serving(self.shared):
             data = self.pairs(spec.variant)
             if method.data == "unpaired":
                 from trl import unpair_preference_dataset
@@ -295,13 +292,13 @@ class Worker:
         hooks.use_precomputed_reference(trainer, reference_columns(values, hooks.ld_alpha(trainer)))
         return computed[0] if computed else None
 
-    def _evaluate(self, policy, folder: Path, outcome: _Outcome) -> None:
+    def _evaluate(self, policy, folder: TrialFolder, outcome: _Outcome) -> None:
         """Evaluate the trained policy and set the objective (a pruned trial keeps its last quick value)."""
         evaluator = self.evaluator
         if evaluator is None:
             value = outcome.train["loss"]
         else:
-            metrics = dict(evaluator.evaluate(policy, folder))
+            metrics = dict(evaluator.evaluate(policy, folder.path))
             times = metrics.pop("time_s", {})
             outcome.times.update({key: times[key] for key in EVALUATION_TIMES if key in times})
             outcome.metrics = metrics
@@ -313,69 +310,53 @@ class Worker:
             raise ValueError(f"no finite objective: {name} is {value}")
         outcome.objective = float(value)
 
-    def _keep(self, policy, folder: Path, outcome: _Outcome) -> None:
-        """Save the trained weights as `execution.keep` asks (all trials, or only the best complete one)."""
+    def _keep(self, policy, folder: TrialFolder, outcome: _Outcome) -> None:
+        """Save the trained weights if `execution.keep` may want them (for `best` the engine keeps one)."""
         keep = self.recipe.execution.keep
-        if keep == "none" or outcome.state not in ("complete", "pruned"):
+        wanted = ("complete",) if keep == "best" else ("complete", "pruned")
+        if keep == "none" or outcome.state not in wanted:
             return
-        if keep == "best":
-            if outcome.state != "complete" or not self._beats_others(folder.name, outcome.objective):
-                return
-            for other in (self.sweep_dir / "trials").glob("*/model"):
-                if other.parent.name != folder.name:
-                    shutil.rmtree(other, ignore_errors=True)
-        with _no_progress_bars():
-            policy.save_pretrained(folder / "model")
-            self.tokenizer.save_pretrained(folder / "model")
-
-    def _beats_others(self, trial_id: str, objective: float) -> bool:
-        """Whether `objective` is better than that of every other complete trial of the sweep."""
-        sign = 1.0 if self.direction == "maximize" else -1.0
-        for path in (self.sweep_dir / "trials").glob("*/metrics.json"):
-            other = _read_metrics(path.parent)
-            if path.parent.name == trial_id or not other or other.get("state") != "complete":
-                continue
-            if other.get("objective") is not None and sign * objective <= sign * other["objective"]:
-                return False
-        return True
+        with no_progress_bars():
+            policy.save_pretrained(folder.model)
+            self.tokenizer.save_pretrained(folder.model)
 
     def _write_metrics(
-        self, spec: TrialSpec, folder: Path, outcome: _Outcome, started: str, clock: float, attempt: int
+        self,
+        spec: TrialSpec,
+        folder: TrialFolder,
+        outcome: _Outcome,
+        started: str,
+        clock: float,
+        attempt: int,
     ) -> TrialResult:
         """Write metrics.json (the trial's last file) and return the result."""
         outcome.times["total"] = time.perf_counter() - clock
-        record = {
-            "trial_id": spec.trial_id,
-            "state": outcome.state,
-            "objective": outcome.objective,
-            "error": outcome.error,
-            "time_s": outcome.times,
-            "started": started,
-            "finished": utc_now(),
-            "attempt": attempt,
-            "train": outcome.train,
-            "worker": {
+        record = TrialMetrics(
+            trial_id=spec.trial_id,
+            state=outcome.state,
+            objective=outcome.objective,
+            error=outcome.error,
+            time_s=outcome.times,
+            started=started,
+            finished=utc_now(),
+            attempt=attempt,
+            train=outcome.train,
+            worker={
                 "pid": os.getpid(),
                 "trial": self.trials_run,
                 "setup_s": round(self.setup_s, 3),
                 "rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
             },
-            **outcome.metrics,
-        }
-        write_json(folder / "metrics.json", record)
+            extra=outcome.metrics,
+        )
+        folder.write_metrics(record)
         return _result_from(record)
 
 
-def _result_from(record: dict) -> TrialResult:
+def _result_from(record: TrialMetrics) -> TrialResult:
     top = ("trial_id", "state", "objective", "error")
-    metrics = {key: value for key, value in record.items() if key not in top}
-    return TrialResult(record["trial_id"], record["state"], record["objective"], metrics, record["error"])
-
-
-def _read_metrics(folder: Path) -> dict | None:
-    """A trial's metrics.json, or None when it has none (not started, running, or killed)."""
-    path = folder / "metrics.json"
-    return read_json(path) if path.is_file() else None
+    metrics = {key: value for key, value in record.to_json().items() if key not in (*top, "schema_version")}
+    return TrialResult(record.trial_id, record.state, record.objective, metrics, record.error)
 
 
 def _describe(error: BaseException, reason: str) -> dict[str, str]:
