@@ -89,3 +89,15 @@ def test_source_fields_match_the_real_dataclasses():
         module, _, name = config.partition(":")
         real = {field.name for field in dataclasses.fields(getattr(importlib.import_module(module), name))}
         assert config_fields(config) == real, config
+
+
+def test_posweep_sets_only_the_fields_recipes_may_not_touch():
+    from sweep.spec.methods import method_trl_fields
+    from sweep.spec.trlfields import POSWEEP_TRL_FIELDS
+    from sweep.train.config import posweep_fields
+
+    own = posweep_fields("out", seed=3, precision="fp32", device="cpu")
+    assert set(own) <= POSWEEP_TRL_FIELDS
+    assert own["seed"] == own["data_seed"] == 3 and own["report_to"] == "none"
+    assert {"loss_type", "simpo_gamma", "ref_model_sync_steps", "learning_rate"} <= method_trl_fields()
+    assert not method_trl_fields() & (POSWEEP_TRL_FIELDS - {"loss_weights"})
