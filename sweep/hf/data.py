@@ -2,8 +2,9 @@
 
 Rows come out in TRL's standard formats: plain (`prompt`, `chosen`, `rejected` strings) or
 conversational (lists of `{role, content}` messages). Data in TRL's implicit-prompt format (no prompt
-column: `chosen` and `rejected` hold the whole conversation) get their shared beginning as the prompt. Local JSONL/JSON/CSV/Parquet files are read
-directly (no Hub cache, safe for many workers); anything else is a Hub dataset id.
+column: `chosen` and `rejected` hold the whole conversation) get their shared beginning as the prompt.
+Local JSONL/JSON/CSV/Parquet files are read directly (no Hub cache, safe for many workers); anything
+else is a Hub dataset id.
 """
 
 from __future__ import annotations

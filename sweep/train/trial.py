@@ -213,7 +213,7 @@ class Worker:
         trainer = self._trainer(spec, method, policy, reference, folder.scratch, callback)
         reference_s = self._supply_reference(trainer, method) if method.reference == "fixed" else None
         output = trainer.train()
-        policy = trainer.model
+        policy, rows = trainer.model, len(trainer.train_dataset)
         del trainer, reference
         hooks.restore_forward(self.sft)
         hooks.restore_forward(policy)
@@ -226,6 +226,7 @@ class Worker:
             "steps": output.global_step,
             "runtime_s": output.metrics.get("train_runtime"),
             "length_policy": self.length_counts[spec.variant or ""],
+            "training_rows": rows,
             **training_record(policy, train, method, self.device, output.global_step),
         }
         diverged = divergence(callback.diverged_at, callback.last_loss, output.training_loss, policy)
