@@ -9,10 +9,9 @@ from typing import Any
 
 import torch
 
-from sweep.errors import UserError
 from sweep.hf.loading import load_object
 from sweep.spec.methods import Method
-from sweep.spec.recipe import LoraSpec, TrainSpec
+from sweep.spec.recipe import TrainSpec
 
 
 def trl_config(
@@ -86,17 +85,3 @@ def _precision(precision: str, device: str) -> dict[str, bool]:
         cuda = device.startswith("cuda") and torch.cuda.is_available()
         precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
-
-
-def _lora_config(spec: LoraSpec):
-    try:
-        from peft import LoraConfig
-    except ImportError:
-        raise UserError("model.lora needs the peft package: pip install peft") from None
-    return LoraConfig(
-        r=spec.r,
-        lora_alpha=spec.alpha,
-        lora_dropout=spec.dropout,
-        target_modules=spec.target_modules,
-        task_type="CAUSAL_LM",
-    )

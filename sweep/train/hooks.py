@@ -158,8 +158,13 @@ def reference_logps(trainer, model, batch_size: int, paired: bool) -> dict[str, 
     Computed as TRL computes them in a training step (its collator, its fused LM head, its autocast). Paired
     data give, for chosen and rejected, the completion's total and the parts LD-DPO weighs (the tokens within
     the shorter completion's length, and the tail past it), so one pass serves every `ld_alpha`; unpaired
-    (KTO) data give TRL's own `ref_logps` and `ref_KL_logps`.
+    (KTO) data give TRL's own `ref_logps` and `ref_KL_logps`. A model TRL did not patch gets TRL's fused LM
+    head as TRL gives its reference model (`restore_forward` removes it).
     """
+    if "forward" not in vars(model):  # not handed to TRL as its ref_model (a LoRA trial's SFT model)
+        from trl.trainer.utils import add_fused_lm_head
+
+        add_fused_lm_head(model)
     data = trainer.train_dataset
     data = data.select_columns([name for name in data.column_names if name.endswith(("_ids", "label"))])
     loader = torch.utils.data.DataLoader(data, batch_size=batch_size, collate_fn=trainer.data_collator)

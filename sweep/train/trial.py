@@ -39,8 +39,9 @@ from sweep.spec.plan import TrialSpec
 from sweep.spec.recipe import Recipe
 from sweep.train import hooks
 from sweep.train.callback import TrialCallback
-from sweep.train.config import _lora_config, trl_config
+from sweep.train.config import trl_config
 from sweep.train.lengths import apply_length_policy
+from sweep.train.lora import lora_config, reference_sync
 from sweep.train.numerics import divergence, planned_steps, trainable_copy, training_record, trust_region_note
 from sweep.train.shared import REFERENCE_BATCH_FACTOR, SharedTraining, _model_stamp, reference_columns
 
@@ -97,7 +98,7 @@ class Worker:
         self.log = log
         self._evaluator_factory = evaluator_factory
         self._evaluator = None
-        self._lora = _lora_config(recipe.model.lora) if recipe.model.lora else None
+        self._lora = lora_config(recipe.model.lora) if recipe.model.lora else None
         model_path = recipe.model.path
         tokenizer = recipe.model.tokenizer
         tokenizer_path = tokenizer or model_path
@@ -257,6 +258,7 @@ class Worker:
         extra = {"ref_model": reference} if method.reference != "none" else {}
         if self._lora is not None:
             extra["peft_config"] = self._lora
+        sync = reference_sync(config, reference) if self._lora is not None else None
         data = self.pairs(spec.variant)
         with no_progress_bars(), hooks.serving(self.shared, conversational=is_conversational(data[0])):
             if method.data == "unpaired":
@@ -274,6 +276,8 @@ class Worker:
                 **extra,
             )
         trainer.remove_callback(PrinterCallback)
+        if sync is not None:
+            trainer.add_callback(sync)
         return trainer
 
     def _supply_reference(self, trainer, method: Method) -> float | None:
@@ -325,7 +329,7 @@ class Worker:
             policy.save_pretrained(folder.model)
             self.tokenizer.save_pretrained(folder.model)
             if self._lora is not None and self.recipe.model.lora.save_merged:
-                merged = copy.deepcopy(policy).merge_and_unload()
+                merged = copy.deepcopy(policy).float().merge_and_unload()  # fp32: no update rounded away
                 merged.save_pretrained(folder.model / "merged")
                 self.tokenizer.save_pretrained(folder.model / "merged")
 
