@@ -15,6 +15,8 @@ from transformers import AutoModelForCausalLM
 
 from sweep.hf.formats import encode_prompt
 from sweep.io import read_json
+from sweep.report.html import _training_data
+from sweep.results import SweepFolder, SweepRecord
 from sweep.spec.methods import get_method
 from sweep.spec.plan import TrialSpec
 from sweep.spec.recipe import Recipe
@@ -78,6 +80,7 @@ def family_recipe(name: str, folder, **train) -> Recipe:
 def family_worker(request, tmp_path_factory):
     torch.set_num_threads(1)
     folder = tmp_path_factory.mktemp(request.param)
+    SweepFolder(folder / "sweep").write_sweep(SweepRecord(name=request.param))  # as the engine creates it
     worker = Worker(family_recipe(request.param, folder), folder / "sweep", log=lambda line: None)
     worker.family = request.param
     return worker
@@ -99,12 +102,11 @@ def test_every_method_completes_on_the_same_pairs(family_worker):
         assert train["length_policy"]["pairs"] == PAIRS
         assert (train["param_dtype"], train["autocast_dtype"]) == ("float32", "none")
         assert (train["steps"], train["pairs_seen"]) == (2, 8)
-    sweep_json = (
-        read_json(family_worker.sweep_dir / "sweep.json")
-        if (family_worker.sweep_dir / "sweep.json").is_file()
-        else None
+    counts = read_json(family_worker.sweep_dir / "sweep.json")["training_data"]
+    assert counts == {"": family_worker.length_counts[""]}
+    assert _training_data({"training_data": counts}) == (
+        f"train: {PAIRS} kept, {LONG} dropped (prompt leaves fewer than 8 of {MAX_LENGTH} tokens)"
     )
-    assert sweep_json is None  # no engine here: the folder has no sweep.json to note the counts in
 
 
 def training_prompts(worker: Worker, method: str) -> set[tuple[int, ...]]:
