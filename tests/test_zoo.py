@@ -26,7 +26,7 @@ from sweep.train.trial import Worker
 
 METHODS = ("dpo", "simpo", "cpo", "kto", "tr-dpo", "orpo")
 MAX_LENGTH = 128
-PAIRS, LONG = 15, 3
+PAIRS, LONG = 16, 4
 
 
 def test_families_reproduce_their_special_tokens():
