@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from sweep.errors import UserError
-from sweep.io import append_jsonl, read_json, write_json, write_jsonl, write_text
+from sweep.io import append_jsonl, file_lock, read_json, write_json, write_jsonl, write_text
 
 SCHEMA_VERSION = 1
 RUNNING = "running"
@@ -96,7 +96,9 @@ class SweepRecord(_Record):
 
 @dataclass
 class TrialParams(_Record):
-    """params.json: the trial's method, hyperparameters, seed, data variant and resolved TRL fields."""
+    """params.json: the trial's method, hyperparameters, seed, data variant and resolved TRL fields.
+
+    A trial that is not what its method name says (a TR-* trial whose tau is past its steps) has `notes`."""
 
     trial_id: str = ""
     method: str | None = None
@@ -277,6 +279,16 @@ class SweepFolder:
     def write_sweep(self, record: SweepRecord) -> None:
         """(Re)write sweep.json."""
         write_json(self.sweep_json, record.to_json())
+
+    def record_training_data(self, counts: dict[str, dict[str, int]]) -> None:
+        """Note in sweep.json's `training_data` the pairs each data variant keeps under the length policy."""
+        if not self.exists():
+            return
+        with file_lock(self.lock):
+            record = self.read_sweep()
+            if record.extra.get("training_data") != counts:
+                record.extra["training_data"] = counts
+                self.write_sweep(record)
 
     def read_recipe(self) -> str | None:
         """recipe.yaml's text, or None when the folder has none."""

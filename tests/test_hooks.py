@@ -260,3 +260,46 @@ def test_precision_flags_are_the_trainers_mixed_precision(tokenizer, tmp_path, p
     assert trainer.accelerator.mixed_precision == mixed, (
         f"{VERSIONS}: args.bf16/fp16 no longer decide accelerate's mixed precision ({flags})"
     )
+
+
+@pytest.mark.slow
+def test_cpo_rows_keep_trls_keys_without_trls_extra_bos_and_eos(tmp_path):
+    import zoo
+    from transformers import AutoModelForCausalLM
+
+    from sweep.hf.formats import pair_token_ids
+
+    tokenizer = zoo.tokenizer("gpt2")  # plain text, bos = eos: TRL's CPO prepends one the others do not
+    tokenizer.pad_token = tokenizer.eos_token
+    config = load_object("trl.experimental.cpo:CPOConfig")(
+        output_dir=str(tmp_path), max_length=64, report_to="none", use_cpu=True, bf16=False
+    )
+    model = AutoModelForCausalLM.from_pretrained(zoo.family("gpt2"))
+    feature = {"prompt": "write about ocean :", "chosen": " calm waves", "rejected": " no"}
+    trainer_class = load_object("trl.experimental.cpo:CPOTrainer")
+    trainer = trainer_class(
+        model=model, args=config, train_dataset=Dataset.from_list([feature]), processing_class=tokenizer
+    )
+    trls = trainer_class.tokenize_row(trainer, feature)
+    ours = hooks.cpo_row(tokenizer, feature, 64, templated=False)
+    assert set(hooks.CPO_ROW_KEYS) <= set(trls), f"{VERSIONS}: CPOTrainer.tokenize_row's keys changed"
+    assert set(ours) == set(hooks.CPO_ROW_KEYS)
+    prompt, chosen, _ = pair_token_ids(tokenizer, feature)
+    assert ours["prompt_input_ids"] == prompt and ours["chosen_input_ids"] == prompt + chosen
+    assert trls["prompt_input_ids"] == [tokenizer.bos_token_id, *prompt], (
+        f"{VERSIONS}: TRL's CPO BOS rule changed"
+    )
+    assert ours["chosen_labels"] == [-100] * len(prompt) + chosen
+
+
+def test_reference_logps_gives_an_unpatched_model_trls_fused_head(tokenizer, tmp_path):
+    trainer = build(tokenizer, tmp_path)
+    fresh = tiny_causal_lm(tokenizer, seed=1)
+    assert "forward" not in vars(fresh)
+    values = hooks.reference_logps(trainer, fresh, 4, paired=True)
+    patched = hooks.reference_logps(trainer, trainer.ref_model, 4, paired=True)
+    assert "forward" in vars(fresh)
+    for name, value in values.items():
+        torch.testing.assert_close(value, patched[name])
+    hooks.restore_forward(fresh)
+    assert "forward" not in vars(fresh)

@@ -53,10 +53,12 @@ def test_config_has_method_fields_and_shared_settings(name, tmp_path):
 
 @pytest.mark.parametrize("name", [n for n, m in REGISTRY.items() if m.reference == "moving"])
 def test_trust_region_soft_and_hard_updates(name, tmp_path):
-    soft = build(name, tmp_path, {"alpha": 0.3})
+    soft = build(name, tmp_path, {"alpha": 0.3, "tau": 1})
     assert (soft.sync_ref_model, soft.ref_model_mixup_alpha, soft.ref_model_sync_steps) == (True, 0.3, 1)
-    hard = build(name, tmp_path, {"tau": 64})
+    hard = build(name, tmp_path, {"alpha": 1.0, "tau": 64})
     assert (hard.sync_ref_model, hard.ref_model_mixup_alpha, hard.ref_model_sync_steps) == (True, 1.0, 64)
+    default = build(name, tmp_path)
+    assert (default.ref_model_mixup_alpha, default.ref_model_sync_steps) == (0.6, 512)
 
 
 @pytest.mark.parametrize("name", [n for n, m in REGISTRY.items() if m.reference != "moving"])

@@ -34,10 +34,10 @@ def plan_of(base_recipe, recipe_file):
             6,
         ),
         ({"simpo": {"beta": [2.0], "gamma": [0.5, 1.0]}}, [0, 1, 2], 6),
-        ({"tr-dpo": {"beta": [0.1, 0.5], "alpha": [0.3, 0.6], "tau": [8, 16, 32]}}, [0], 2 * (2 + 3)),
+        ({"tr-dpo": {"beta": [0.1, 0.5], "alpha": [0.3, 0.6], "tau": [8, 16, 32]}}, [0], 2 * 2 * 3),
         ({"tr-dpo": {"beta": [0.1, 0.5], "alpha": [0.3, 0.6]}}, [0], 4),
         ({"tr-kto": {"tau": [8]}}, [0, 1], 2),
-        ({"tr-ipo": None}, [0], 2 * 3 * (3 + 4)),
+        ({"tr-ipo": None}, [0], 2 * 3 * 2 * 4),
         ({"dpo": {"beta": [0.1]}, "ln-dpo": {"beta": [1.0, 2.0]}, "kto": {"beta": [0.1]}}, [0], 4),
     ],
 )
@@ -47,18 +47,13 @@ def test_grid_counts(plan_of, methods, seeds, total):
     assert len({t.trial_id for t in plan.trials}) == total
 
 
-def test_tr_alternatives_are_a_union_not_a_product(plan_of):
+def test_tr_alpha_and_tau_act_together(plan_of):
     plan = plan_of(methods={"tr-dpo": {"beta": [0.1], "alpha": [0.3], "tau": [8, 16]}})
     assert [dict(t.params) for t in plan.trials] == [
-        {"beta": 0.1, "alpha": 0.3},
-        {"beta": 0.1, "tau": 8.0},
-        {"beta": 0.1, "tau": 16.0},
+        {"beta": 0.1, "alpha": 0.3, "tau": 8.0},
+        {"beta": 0.1, "alpha": 0.3, "tau": 16.0},
     ]
-    assert [t.trial_id for t in plan.trials] == [
-        "tr-dpo-b0.1-a0.3-s0",
-        "tr-dpo-b0.1-t8-s0",
-        "tr-dpo-b0.1-t16-s0",
-    ]
+    assert [t.trial_id for t in plan.trials] == ["tr-dpo-b0.1-a0.3-t8-s0", "tr-dpo-b0.1-a0.3-t16-s0"]
 
 
 def test_golden_ids(plan_of):

@@ -90,6 +90,7 @@ MALFORMED = [
         "alpha must be <= 1, got 1.5",
     ),
     ({"methods": {"tr-dpo": {"tau": [1.5]}}}, "methods.tr-dpo.tau[0]", "tau must be a whole number, got 1.5"),
+    ({"train": {"max_length": 8}}, "train", "min_completion_tokens (8) must be below max_length (8)"),
     (
         {"methods": {"cdpo": {"label_smoothing": [0.6]}}},
         "methods.cdpo.label_smoothing[0]",
@@ -251,8 +252,8 @@ def test_every_problem_reported_one_line_each_and_nothing_written(
     assert result.stderr.splitlines() == [
         f"{path}: train.max_step: unknown key (did you mean 'max_steps'?); expected one of: "
         "max_steps, num_train_epochs, per_device_train_batch_size, gradient_accumulation_steps, max_length, "
-        "warmup_ratio, lr_scheduler_type, weight_decay, max_grad_norm, optim, precision, "
-        "gradient_checkpointing, logging_steps, extra",
+        "warmup_ratio, lr_scheduler_type, weight_decay, max_grad_norm, optim, precision, pure_bf16, "
+        "min_completion_tokens, gradient_checkpointing, logging_steps, extra",
         f"{path}: eval.top_p: Input should be less than or equal to 1",
         f"{path}: methods.dpo.beta[0]: beta must be > 0, got -1",
         f"{path}: methods.simpo: give either gamma_beta_ratio or gamma, not both (they set the same margin)",

@@ -10,11 +10,11 @@ import transformers
 import trl
 from datasets import Dataset
 from tiny import save_dir, tiny_causal_lm, tiny_tokenizer
-from trl.experimental.cpo import CPOTrainer
 
 from sweep.io import read_json, read_jsonl
 from sweep.spec.plan import TrialSpec
 from sweep.spec.recipe import Recipe
+from sweep.train import hooks
 from sweep.train.trial import Worker
 
 pytestmark = pytest.mark.slow
@@ -49,7 +49,9 @@ def model_dir(tmp_path_factory):
     return save_dir(tmp_path_factory.mktemp("sft"), tiny_causal_lm(tokenizer), tokenizer)
 
 
-def make_worker(model_dir, sweep_dir, data=None, max_length=32, steps=3, **options) -> Worker:
+def make_worker(
+    model_dir, sweep_dir, data=None, max_length=32, steps=3, min_completion=8, **options
+) -> Worker:
     recipe = Recipe.model_validate(
         {
             "name": "t",
@@ -57,7 +59,12 @@ def make_worker(model_dir, sweep_dir, data=None, max_length=32, steps=3, **optio
             "data": {"train": {"path": "train.jsonl"}, "eval": {"path": "eval.jsonl"}},
             "judge": {"callable": "sweep.builtin.toy:gold_reward"},
             "methods": {"dpo": None},
-            "train": {"max_steps": steps, "per_device_train_batch_size": 4, "max_length": max_length},
+            "train": {
+                "max_steps": steps,
+                "per_device_train_batch_size": 4,
+                "max_length": max_length,
+                "min_completion_tokens": min_completion,
+            },
         }
     )
     data = pairs() if data is None else data
@@ -162,7 +169,7 @@ def test_caches_are_shared_by_workers_and_keyed_by_their_inputs(model_dir, tmp_p
     assert (len(prepared), calls.count, cache_entries(tmp_path)) == (1, 0, entries)
     assert "ref_logps" not in result.metrics["time_s"]
 
-    shorter = make_worker(model_dir, tmp_path, max_length=6)
+    shorter = make_worker(model_dir, tmp_path, max_length=6, min_completion=1)
     assert "ref_logps" in shorter.run(spec("c")).metrics["time_s"]
     other_data = make_worker(model_dir, tmp_path, data=pairs(PAIRS[1:]))
     assert "ref_logps" in other_data.run(spec("d")).metrics["time_s"]
@@ -172,13 +179,13 @@ def test_caches_are_shared_by_workers_and_keyed_by_their_inputs(model_dir, tmp_p
 
 def test_row_tokenizing_trainers_tokenize_each_row_once(model_dir, tmp_path, monkeypatch):
     rows = []
-    original = CPOTrainer.tokenize_row
+    original = hooks.cpo_row  # what the hooked CPOTrainer.tokenize_row tokenizes with
 
-    def counting(self, feature, model=None):
+    def counting(tokenizer, feature, max_length, templated):
         rows.append(feature["prompt"])
-        return original(self, feature, model)
+        return original(tokenizer, feature, max_length, templated)
 
-    monkeypatch.setattr(CPOTrainer, "tokenize_row", counting)
+    monkeypatch.setattr(hooks, "cpo_row", counting)
     worker = make_worker(model_dir, tmp_path)
     first = worker.run(spec("first", "simpo", beta=2.0, gamma_beta_ratio=0.5))
     again = worker.run(spec("again", "simpo", beta=2.5, gamma_beta_ratio=0.5))

@@ -142,7 +142,7 @@ def test_conversational_pairs_train(model_dir, tmp_path):
 
 def test_trust_region_reference_follows_the_policy(worker):
     worker.run(spec("fixed-reference", "dpo"))
-    worker.run(spec("copied-every-step", "tr-dpo", tau=1))
+    worker.run(spec("copied-every-step", "tr-dpo", alpha=1.0, tau=1))
     assert losses(worker, "fixed-reference")[-1] < math.log(2) - 1e-3
     assert losses(worker, "copied-every-step") == pytest.approx([math.log(2)] * 4)
 
@@ -158,7 +158,8 @@ def test_same_seed_same_loss_and_other_seed_differs(worker):
 
 
 def test_bad_setting_fails_the_trial_and_the_worker_goes_on(model_dir, tmp_path):
-    worker = make_worker(model_dir, tmp_path, train={"per_device_train_batch_size": 1})
+    # KTO's batch is twice the recipe's (two rows per pair); train.extra reaches TRL unchecked here
+    worker = make_worker(model_dir, tmp_path, train={"extra": {"per_device_train_batch_size": 1}})
     failed = worker.run(spec("kto-bs1", "kto"))
     assert failed.state == "failed"
     assert failed.objective is None

@@ -62,13 +62,23 @@ def test_reading_fields_imports_neither_torch_nor_trl():
         ("simpo", {"beta": 2.0, "gamma": 1.5}, {"simpo_gamma": 1.5, "loss_type": "simpo"}),
         (
             "tr-dpo",
-            {"alpha": 0.3},
+            {"alpha": 0.3, "tau": 1},
             {"sync_ref_model": True, "ref_model_mixup_alpha": 0.3, "ref_model_sync_steps": 1},
+        ),
+        (
+            "tr-dpo",
+            {"alpha": 0.3},
+            {"sync_ref_model": True, "ref_model_mixup_alpha": 0.3, "ref_model_sync_steps": 512},
+        ),
+        (
+            "tr-kto",
+            {"alpha": 1.0, "tau": 64.0},
+            {"sync_ref_model": True, "ref_model_mixup_alpha": 1.0, "ref_model_sync_steps": 64},
         ),
         (
             "tr-kto",
             {"tau": 64.0},
-            {"sync_ref_model": True, "ref_model_mixup_alpha": 1.0, "ref_model_sync_steps": 64},
+            {"sync_ref_model": True, "ref_model_mixup_alpha": 0.6, "ref_model_sync_steps": 64},
         ),
         (
             "cdpo",

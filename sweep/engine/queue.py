@@ -26,7 +26,7 @@ from typing import Any
 
 from sweep.io import file_lock, utc_now
 from sweep.results import SweepFolder
-from sweep.spec.methods import HYPERPARAMETERS, REGISTRY
+from sweep.spec.methods import HYPERPARAMETERS
 from sweep.spec.plan import Plan, TrialSpec, sampled_trial_id
 from sweep.spec.recipe import Distribution, Recipe
 
@@ -243,13 +243,9 @@ def claim(sweep: Sweep):
 
 
 def _suggest(sweep: Sweep, trial) -> tuple[str, dict[str, float]]:
-    """Sample a random/TPE trial's hyperparameters in its method's conditional space."""
+    """Sample a random/TPE trial's hyperparameters in its method's space."""
     method = trial.suggest_categorical("method", list(sweep.plan.spaces))
     space = dict(sweep.plan.spaces[method])
-    alternatives = [name for name in REGISTRY[method].alternatives if name in space]
-    if len(alternatives) > 1:
-        keep = trial.suggest_categorical(f"{method}.mode", alternatives)
-        space = {name: values for name, values in space.items() if name not in alternatives or name == keep}
     params = {}
     for name, values in space.items():
         key = f"{method}.{name}"

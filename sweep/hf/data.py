@@ -1,8 +1,10 @@
 """Preference data and evaluation prompts from local files or Hub datasets, validated row by row.
 
 Rows come out in TRL's standard formats: plain (`prompt`, `chosen`, `rejected` strings) or
-conversational (lists of `{role, content}` messages). Local JSONL/JSON/CSV/Parquet files are read
-directly (no Hub cache, safe for many workers); anything else is a Hub dataset id.
+conversational (lists of `{role, content}` messages). Data in TRL's implicit-prompt format (no prompt
+column: `chosen` and `rejected` hold the whole conversation) get their shared beginning as the prompt.
+Local JSONL/JSON/CSV/Parquet files are read directly (no Hub cache, safe for many workers); anything
+else is a Hub dataset id.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 from sweep.errors import UserError
 from sweep.io import first_line
-from sweep.spec.recipe import DATA_SUFFIXES, EvalData, Source, TrainData
+from sweep.spec.recipe import DATA_SUFFIXES, EvalData, PairColumns, Source, TrainData
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,9 @@ def load_pair_rows(source: TrainData, where: str = "data.train") -> list[dict]:
     if not rows:
         raise UserError(f"{where}: {source.path} has no rows")
     columns = source.columns
+    if all(columns.prompt not in row for row in rows):
+        rows = _explicit_prompts(rows, columns, where, source.path)
+        columns = PairColumns()
     for key in ("prompt", "chosen", "rejected"):
         _column(rows, getattr(columns, key), f"{where}.columns.{key}", source.path)
     pairs = []
@@ -108,6 +113,17 @@ def load_pair_rows(source: TrainData, where: str = "data.train") -> list[dict]:
                 "message lists, in every row"
             )
     return pairs
+
+
+def _explicit_prompts(rows: list[dict], columns: PairColumns, where: str, origin: str) -> list[dict]:
+    """Rows of TRL's implicit-prompt format split as TRL splits them: the shared beginning is the prompt."""
+    from trl import extract_prompt
+
+    for key in ("chosen", "rejected"):
+        _column(rows, getattr(columns, key), f"{where}.columns.{key}", origin)
+    return [
+        extract_prompt({"chosen": row[columns.chosen], "rejected": row[columns.rejected]}) for row in rows
+    ]
 
 
 def load_pairs(source: TrainData, where: str = "data.train"):

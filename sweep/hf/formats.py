@@ -55,9 +55,19 @@ def _common_prefix_length(ids: Sequence[int], other: Sequence[int]) -> int:
     return length
 
 
-def pair_token_ids(tokenizer, pair: dict) -> tuple[list[int], list[int], list[int]]:
-    """(prompt, chosen, rejected) token ids of a preference row, as TRL's DPOTrainer tokenizes it."""
-    if is_conversational(pair):
+def pair_token_ids(tokenizer, pair: dict, templated: bool = False) -> tuple[list[int], list[int], list[int]]:
+    """(prompt, chosen, rejected) token ids of a preference row, as TRL's DPOTrainer tokenizes it.
+
+    `templated`: the row is a conversation already rendered to text by the chat template (as TRL's CPO and
+    ORPO trainers hand it over), tokenized as DPO tokenizes the conversation: no special tokens added.
+    """
+    if templated:
+        prompt = tokenizer(pair["prompt"], add_special_tokens=False)["input_ids"]
+        full = [
+            tokenizer(pair["prompt"] + pair[field], add_special_tokens=False)["input_ids"]
+            for field in ("chosen", "rejected")
+        ]
+    elif is_conversational(pair):
         if not tokenizer.chat_template:
             raise UserError("the data are conversations but the model's tokenizer has no chat template")
 

@@ -90,12 +90,22 @@ def _row(name: str, cells: list) -> str:
 def _details_table(sweeps: list[SweepInfo]) -> str:
     keys = ("created", "updated", "strategy", "plan_hash", "git_revision", "storage")
     rows = [_row(key, [s.meta.get(key, "") for s in sweeps]) for key in keys]
+    rows.append(_row("training pairs (length policy)", [_training_data(s.meta) for s in sweeps]))
     versions = [s.meta.get("versions") or {} for s in sweeps]
     rows += [
         _row(name, [v.get(name, "") for v in versions]) for name in sorted({n for v in versions for n in v})
     ]
     header = "".join(f"<th>{escape(s.name)}</th>" for s in sweeps)
     return f"<table><tr><th></th>{header}</tr>{''.join(rows)}</table>"
+
+
+def _training_data(meta: dict) -> str:
+    """The pairs each data variant kept and dropped under the length policy (sweep.json `training_data`)."""
+    return "; ".join(
+        f"{variant or 'train'}: {c['pairs']} kept, {c['dropped']} dropped (prompt leaves fewer than "
+        f"{c['min_completion_tokens']} of {c['max_length']} tokens)"
+        for variant, c in (meta.get("training_data") or {}).items()
+    )
 
 
 def _recipes(sweeps: list[SweepInfo]) -> str:

@@ -73,7 +73,7 @@ HYPERPARAMETERS: Mapping[str, Hyperparameter] = MappingProxyType(
             Hyperparameter("learning_rate", "optimizer peak learning rate", "lr", "learning rate", 0.0, 1.0),
             Hyperparameter(
                 "alpha",
-                "TR soft update: ref <- alpha*policy + (1-alpha)*ref every step",
+                "TR mixup weight: every tau steps ref <- alpha*policy + (1-alpha)*ref (1.0: hard copy)",
                 "a",
                 "α (reference mix-in, alpha)",
                 0.0,
@@ -81,7 +81,7 @@ HYPERPARAMETERS: Mapping[str, Hyperparameter] = MappingProxyType(
             ),
             Hyperparameter(
                 "tau",
-                "TR hard update: copy the policy into the reference every tau steps",
+                "TR update interval: the reference is updated (alpha mixup) every tau optimizer steps",
                 "t",
                 "τ (reference sync every τ steps)",
                 1.0,
@@ -141,14 +141,12 @@ def _conservative(params: dict) -> dict:
 
 
 def _trust_region(params: dict) -> dict:
-    """TR-*: soft update (alpha, every step) or hard update (copy every tau steps)."""
-    if "tau" in params:
-        return {
-            "sync_ref_model": True,
-            "ref_model_mixup_alpha": 1.0,
-            "ref_model_sync_steps": int(params["tau"]),
-        }
-    return {"sync_ref_model": True, "ref_model_mixup_alpha": params["alpha"], "ref_model_sync_steps": 1}
+    """TR-* as published and in TRL: every tau steps ref <- alpha*policy + (1-alpha)*ref (alpha 1: a copy)."""
+    return {
+        "sync_ref_model": True,
+        "ref_model_mixup_alpha": params["alpha"],
+        "ref_model_sync_steps": int(params["tau"]),
+    }
 
 
 MAPPERS: Mapping[str, Callable[[dict], dict]] = MappingProxyType(
@@ -179,7 +177,6 @@ class Method:
     data: Literal["paired", "unpaired"] = "paired"
     reference: Literal["fixed", "moving", "none"] = "fixed"
     exclusive: tuple[str, ...] = ()
-    alternatives: tuple[str, ...] = ()
 
     @property
     def hyperparameters(self) -> tuple[str, ...]:
@@ -197,9 +194,9 @@ class Method:
     def complete(self, params: Mapping[str, float]) -> dict[str, float]:
         """`params` plus the default of every hyperparameter not given (respecting exclusive groups)."""
         full = dict(params)
-        given_group = [name for name in (*self.exclusive, *self.alternatives) if name in full]
+        given_group = [name for name in self.exclusive if name in full]
         for name, value in self.defaults.items():
-            in_group = name in self.exclusive or name in self.alternatives
+            in_group = name in self.exclusive
             if name not in full and not (in_group and given_group):
                 full[name] = value
                 if in_group:
@@ -211,7 +208,9 @@ _DPO = ("trl:DPOTrainer", "trl:DPOConfig")
 _CPO = ("trl.experimental.cpo:CPOTrainer", "trl.experimental.cpo:CPOConfig")
 _KTO = ("trl:KTOTrainer", "trl:KTOConfig")
 _LR = (3e-7, 5e-7, 1e-6)
-_TR = {"alpha": (0.3, 0.5, 0.7), "tau": (64, 128, 256, 512)}
+_TR = {"alpha": (0.6, 1.0), "tau": (64, 128, 256, 512)}
+"""TR-* defaults: TRL's (alpha 0.6, tau 512); the space crosses soft (0.6) and hard (1.0) updates with the
+paper's tau values."""
 
 
 REGISTRY: Mapping[str, Method] = MappingProxyType(
@@ -270,21 +269,19 @@ REGISTRY: Mapping[str, Method] = MappingProxyType(
                 "tr-dpo",
                 "Trust-region DPO: the reference follows the policy (Gorbatovski et al. 2024)",
                 *_DPO,
-                defaults={"beta": 0.1, "learning_rate": 5e-7, "alpha": 0.5, "tau": 128},
+                defaults={"beta": 0.1, "learning_rate": 5e-7, "alpha": 0.6, "tau": 512},
                 space={"beta": (0.05, 0.1), "learning_rate": _LR, **_TR},
                 fixed={"loss_type": ["sigmoid"]},
                 reference="moving",
-                alternatives=("alpha", "tau"),
             ),
             Method(
                 "tr-ipo",
                 "Trust-region IPO (Gorbatovski et al. 2024)",
                 *_DPO,
-                defaults={"beta": 0.1, "learning_rate": 5e-7, "alpha": 0.5, "tau": 128},
+                defaults={"beta": 0.1, "learning_rate": 5e-7, "alpha": 0.6, "tau": 512},
                 space={"beta": (0.1, 0.5), "learning_rate": _LR, **_TR},
                 fixed={"loss_type": ["ipo"]},
                 reference="moving",
-                alternatives=("alpha", "tau"),
             ),
             Method(
                 "simpo",
@@ -326,11 +323,10 @@ REGISTRY: Mapping[str, Method] = MappingProxyType(
                 "tr-kto",
                 "Trust-region KTO (Gorbatovski et al. 2024)",
                 *_KTO,
-                defaults={"beta": 0.1, "learning_rate": 5e-7, "alpha": 0.5, "tau": 128},
+                defaults={"beta": 0.1, "learning_rate": 5e-7, "alpha": 0.6, "tau": 512},
                 space={"beta": (0.1,), "learning_rate": _LR, **_TR},
                 data="unpaired",
                 reference="moving",
-                alternatives=("alpha", "tau"),
             ),
         )
     }
@@ -341,7 +337,7 @@ def method_trl_fields() -> frozenset[str]:
     """Every TRL config field a registry method sets, from its hyperparameters or as a fixed setting."""
     found: set[str] = set()
     for method in REGISTRY.values():
-        grouped = (*method.alternatives, *method.exclusive)
+        grouped = method.exclusive
         for choice in grouped or (None,):
             params = {name: value for name, value in method.defaults.items() if name not in grouped}
             if choice is not None:

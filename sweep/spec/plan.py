@@ -1,9 +1,8 @@
 """Recipe -> trial specs and search spaces. Pure Python: no torch, no trl, no I/O.
 
-Grid sweeps expand to the cartesian product of each method's values, once per seed. TR-* methods
-take `alpha` (soft update) and `tau` (hard update) as alternatives: a grid runs every alpha value and
-every tau value, each crossed with the other hyperparameters. Random and TPE sweeps sample each
-method's (conditional) space `n_trials` times per seed; their trial ids are known once sampled.
+Grid sweeps expand to the cartesian product of each method's values, once per seed (TR-* `alpha` and
+`tau` act together, so they are crossed like any other pair). Random and TPE sweeps sample each
+method's space `n_trials` times per seed; their trial ids are known once sampled.
 """
 
 from __future__ import annotations
@@ -94,18 +93,10 @@ def sampled_trial_id(method: str, params: Mapping[str, float], seed: int, varian
 
 
 def _grid_points(method: str, space: Mapping[str, list[float]]) -> list[dict[str, float]]:
-    """The cartesian product of one method's values, with alternatives (alpha | tau) as a union."""
-    entry = REGISTRY[method]
-    alternatives = [name for name in entry.alternatives if name in space]
-    common = {name: values for name, values in space.items() if name not in alternatives}
-    branches = [{name: space[name]} for name in alternatives] or [{}]
-    points = []
-    for branch in branches:
-        axes = {**common, **branch}
-        ordered = [name for name in entry.hyperparameters if name in axes]
-        for values in itertools.product(*(axes[name] for name in ordered)):
-            points.append(dict(zip(ordered, values, strict=True)))
-    return points
+    """The cartesian product of one method's values."""
+    ordered = [name for name in REGISTRY[method].hyperparameters if name in space]
+    axes = [space[name] for name in ordered]
+    return [dict(zip(ordered, values, strict=True)) for values in itertools.product(*axes)]
 
 
 def plan_recipe(recipe: Recipe) -> Plan:

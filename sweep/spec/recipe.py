@@ -66,6 +66,7 @@ class LoraSpec(Strict):
     alpha: PositiveFloat = 32.0
     dropout: Fraction = 0.05
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    save_merged: bool = Field(False, description="keep also saves the model with the adapters merged in")
 
 
 class ModelSpec(Strict):
@@ -222,10 +223,27 @@ class TrainSpec(Strict):
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     max_grad_norm: PositiveFloat = 1.0
     optim: str = "adamw_torch"
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="autocast of the forward/backward pass; master weights stay fp32"
+    )
+    pure_bf16: bool = Field(
+        False, description="train in the checkpoint's dtype (lossy: bf16 rounds small updates away)"
+    )
+    min_completion_tokens: PositiveInt = Field(
+        8, description="a pair whose prompt leaves fewer tokens than this under max_length is dropped"
+    )
     gradient_checkpointing: bool = False
     logging_steps: PositiveInt = 1
     extra: dict[str, Any] = Field(default_factory=dict, description="passed to the TRL config as is")
+
+    @model_validator(mode="after")
+    def _room_for_completions(self) -> TrainSpec:
+        if self.min_completion_tokens >= self.max_length:
+            raise ValueError(
+                f"min_completion_tokens ({self.min_completion_tokens}) must be below "
+                f"max_length ({self.max_length})"
+            )
+        return self
 
 
 class EvalSpec(Strict):

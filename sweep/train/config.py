@@ -9,10 +9,9 @@ from typing import Any
 
 import torch
 
-from sweep.errors import UserError
 from sweep.hf.loading import load_object
 from sweep.spec.methods import Method
-from sweep.spec.recipe import LoraSpec, TrainSpec
+from sweep.spec.recipe import TrainSpec
 
 
 def trl_config(
@@ -23,14 +22,18 @@ def trl_config(
     output_dir: str | Path,
     device: str = "cpu",
 ):
-    """The TRL config of one trial: the method's fields, the recipe's train settings, then posweep's own."""
+    """The TRL config of one trial: the method's fields, the recipe's train settings, then posweep's own.
+
+    An unpaired method (KTO) reads each pair as two rows, so its batch holds twice the rows: every method
+    then takes the same optimizer steps over the same pairs (a paired batch of B pairs is 2B sequences).
+    """
     config_class = load_object(method.config)
     fields = {f.name for f in dataclasses.fields(config_class)}
     kwargs = method.trl_fields(params)
     kwargs.update(
         num_train_epochs=train.num_train_epochs,
         max_steps=train.max_steps or -1,
-        per_device_train_batch_size=train.per_device_train_batch_size,
+        per_device_train_batch_size=train.per_device_train_batch_size * rows_per_pair(method),
         gradient_accumulation_steps=train.gradient_accumulation_steps,
         max_length=train.max_length,
         lr_scheduler_type=train.lr_scheduler_type,
@@ -47,6 +50,17 @@ def trl_config(
     kwargs.update(train.extra)
     kwargs.update(posweep_fields(output_dir, seed, train.precision, device))
     return config_class(**kwargs)
+
+
+def rows_per_pair(method: Method) -> int:
+    """How many training rows one pair becomes for this method (KTO: a desirable and an undesirable one)."""
+    return 2 if method.data == "unpaired" else 1
+
+
+def autocast_dtype(precision: str, device: str) -> str:
+    """The autocast dtype a trial computes in: bfloat16, float16 or none."""
+    flags = _precision(precision, device)
+    return "bfloat16" if flags["bf16"] else "float16" if flags["fp16"] else "none"
 
 
 def posweep_fields(output_dir: str | Path, seed: int, precision: str, device: str) -> dict[str, Any]:
@@ -71,17 +85,3 @@ def _precision(precision: str, device: str) -> dict[str, bool]:
         cuda = device.startswith("cuda") and torch.cuda.is_available()
         precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
-
-
-def _lora_config(spec: LoraSpec):
-    try:
-        from peft import LoraConfig
-    except ImportError:
-        raise UserError("model.lora needs the peft package: pip install peft") from None
-    return LoraConfig(
-        r=spec.r,
-        lora_alpha=spec.alpha,
-        lora_dropout=spec.dropout,
-        target_modules=spec.target_modules,
-        task_type="CAUSAL_LM",
-    )

@@ -1,7 +1,8 @@
 """Every place posweep relies on TRL, accelerate or datasets internals, each with a contract test.
 
 - `shared_trainer_class`: TRL trainers whose data preparation (DPO/KTO `_prepare_dataset`, CPO/ORPO
-  `tokenize_row`) is served by a `SharedTraining` cache while `serving(shared)` is active;
+  `tokenize_row`) is served by a `SharedTraining` cache while `serving(shared)` is active; there CPO/ORPO
+  rows are tokenized as DPO tokenizes them (no BOS or EOS of their own: `cpo_row`);
 - `reference_logps`: a fixed reference model's log-probabilities computed as TRL's training step computes
   them (its collator, its fused LM head, its autocast, KTO's `compute_ref_log_probs`);
 - `use_precomputed_reference`: hand those values to a built trainer as TRL's precomputed reference columns;
@@ -23,19 +24,28 @@ from typing import Any
 import datasets
 import torch
 
+from sweep.hf.formats import pair_token_ids
+
 PREPARE_PARAMETERS = ("dataset", "processing_class", "args", "dataset_name")
 TOKENIZE_ROW_PARAMETERS = ("feature", "model")
+CPO_ROW_KEYS = (
+    "prompt_input_ids", "prompt_attention_mask", "chosen_input_ids", "chosen_attention_mask", "chosen_labels",
+    "rejected_input_ids", "rejected_attention_mask", "rejected_labels",
+)  # fmt: skip
 _SERVING: contextvars.ContextVar[Any] = contextvars.ContextVar("serving", default=None)
+_TEMPLATED: contextvars.ContextVar[bool] = contextvars.ContextVar("templated", default=False)
 
 
 @contextlib.contextmanager
-def serving(shared) -> Iterator[None]:
-    """Serve the data preparation of the trainers built inside this block from `shared` (a SharedTraining)."""
-    token = _SERVING.set(shared)
+def serving(shared, conversational: bool = False) -> Iterator[None]:
+    """Serve the data preparation of the trainers built inside this block from `shared` (a SharedTraining);
+    `conversational`: the data are conversations (CPO/ORPO see them rendered by the chat template)."""
+    tokens = _SERVING.set(shared), _TEMPLATED.set(conversational)
     try:
         yield
     finally:
-        _SERVING.reset(token)
+        _SERVING.reset(tokens[0])
+        _TEMPLATED.reset(tokens[1])
 
 
 def shared_trainer_class(base: type) -> type:
@@ -84,22 +94,34 @@ def _shared_prepare_dataset(self, dataset, processing_class, args, dataset_name)
 
 
 def _shared_tokenize_row(self, feature, model=None):
-    """TRL's `tokenize_row`, done once per distinct row and tokenizing setup."""
+    """CPO/ORPO's `tokenize_row` as DPO tokenizes (`cpo_row`), done once per distinct row and setup."""
     base, shared = type(self).posweep_base, _SERVING.get()
-    if shared is None or model is not None:
+    if shared is None or model is not None or self.is_encoder_decoder:
         return base.tokenize_row(self, feature, model)
+    templated = _TEMPLATED.get()
     if "posweep_rows_key" not in vars(self):
-        setup = {
-            name: getattr(self, name, None)
-            for name in ("max_length", "max_completion_length", "is_encoder_decoder", "padding_value")
-        }
+        setup = {name: getattr(self, name, None) for name in ("max_length", "padding_value")}
         trainer = f"{base.__module__}.{base.__qualname__}"
-        self.posweep_rows_key = shared.key("rows", trainer=trainer, **setup)
+        self.posweep_rows_key = shared.key("rows", trainer=trainer, templated=templated, **setup)
     memo = shared.rows(self.posweep_rows_key)
     row = json.dumps([feature["prompt"], feature["chosen"], feature["rejected"]], default=str)
     if row not in memo:
-        memo[row] = base.tokenize_row(self, feature)
+        memo[row] = cpo_row(self.processing_class, feature, self.max_length, templated)
     return dict(memo[row])
+
+
+def cpo_row(tokenizer, feature: Mapping[str, str], max_length: int | None, templated: bool) -> dict:
+    """A CPO/ORPO training row (TRL's `tokenize_row` keys) with DPO's tokens: the prompt as DPO and evaluation
+    tokenize it, no extra BOS, no EOS after a chat template's end of turn; completions cut at `max_length`."""
+    prompt, *completions = pair_token_ids(tokenizer, dict(feature), templated=templated)
+    row = {"prompt_input_ids": prompt, "prompt_attention_mask": [1] * len(prompt)}
+    for side, completion in zip(("chosen", "rejected"), completions, strict=True):
+        if max_length is not None:
+            completion = completion[: max(0, max_length - len(prompt))]
+        row[f"{side}_input_ids"] = prompt + completion
+        row[f"{side}_attention_mask"] = [1] * (len(prompt) + len(completion))
+        row[f"{side}_labels"] = [-100] * len(prompt) + completion
+    return row
 
 
 def _has_parameters(base: type, method: str, names: tuple[str, ...]) -> bool:
@@ -136,8 +158,13 @@ def reference_logps(trainer, model, batch_size: int, paired: bool) -> dict[str, 
     Computed as TRL computes them in a training step (its collator, its fused LM head, its autocast). Paired
     data give, for chosen and rejected, the completion's total and the parts LD-DPO weighs (the tokens within
     the shorter completion's length, and the tail past it), so one pass serves every `ld_alpha`; unpaired
-    (KTO) data give TRL's own `ref_logps` and `ref_KL_logps`.
+    (KTO) data give TRL's own `ref_logps` and `ref_KL_logps`. A model TRL did not patch gets TRL's fused LM
+    head as TRL gives its reference model (`restore_forward` removes it).
     """
+    if "forward" not in vars(model):  # not handed to TRL as its ref_model (a LoRA trial's SFT model)
+        from trl.trainer.utils import add_fused_lm_head
+
+        add_fused_lm_head(model)
     data = trainer.train_dataset
     data = data.select_columns([name for name in data.column_names if name.endswith(("_ids", "label"))])
     loader = torch.utils.data.DataLoader(data, batch_size=batch_size, collate_fn=trainer.data_collator)

@@ -29,7 +29,7 @@ import psutil
 import torch
 from transformers import PrinterCallback, set_seed
 
-from sweep.hf.data import load_pairs
+from sweep.hf.data import is_conversational, load_pairs
 from sweep.hf.loading import load_object, load_policy, load_policy_tokenizer
 from sweep.hf.quiet import no_progress_bars
 from sweep.io import utc_now
@@ -39,13 +39,11 @@ from sweep.spec.plan import TrialSpec
 from sweep.spec.recipe import Recipe
 from sweep.train import hooks
 from sweep.train.callback import TrialCallback
-from sweep.train.config import _lora_config, trl_config
-from sweep.train.shared import (
-    REFERENCE_BATCH_FACTOR,
-    SharedTraining,
-    _model_stamp,
-    reference_columns,
-)
+from sweep.train.config import trl_config
+from sweep.train.lengths import apply_length_policy
+from sweep.train.lora import lora_config, reference_sync
+from sweep.train.numerics import divergence, planned_steps, trainable_copy, training_record, trust_region_note
+from sweep.train.shared import REFERENCE_BATCH_FACTOR, SharedTraining, _model_stamp, reference_columns
 
 EVALUATION_TIMES = ("generate", "judge", "kl")
 TIME_KEYS = ("load", "train", *EVALUATION_TIMES, "total")
@@ -100,21 +98,23 @@ class Worker:
         self.log = log
         self._evaluator_factory = evaluator_factory
         self._evaluator = None
-        self._lora = _lora_config(recipe.model.lora) if recipe.model.lora else None
+        self._lora = lora_config(recipe.model.lora) if recipe.model.lora else None
         model_path = recipe.model.path
         tokenizer = recipe.model.tokenizer
         tokenizer_path = tokenizer or model_path
-        self._pairs = (
-            {None: train_dataset}
-            if train_dataset is not None
-            else {
-                variant: load_pairs(source, where=f"data.train.{variant}" if variant else "data.train")
-                for variant, source in recipe.data.variants.items()
-            }
-        )
+        sources = {None: train_dataset} if train_dataset is not None else recipe.data.variants
         with no_progress_bars():
             self.tokenizer = load_policy_tokenizer(recipe.model, tokenizer_path, same_repo=tokenizer is None)
             self.sft = load_policy(recipe.model, model_path).to(device).eval().requires_grad_(False)
+        self._pairs, self.length_counts = {}, {}
+        for variant, source in sources.items():
+            where = f"data.train.{variant}" if variant else "data.train"
+            pairs = source if isinstance(source, datasets.Dataset) else load_pairs(source, where=where)
+            self._pairs[variant], counts = apply_length_policy(
+                pairs, self.tokenizer, recipe.train.max_length, recipe.train.min_completion_tokens, where
+            )
+            self.length_counts[variant or ""] = counts.to_json()
+        self.results.record_training_data(self.length_counts)
         self.shared = SharedTraining(self.results.cache, self.tokenizer)
         self.reference_cache = reference_cache
         self._reference_identity = {
@@ -160,7 +160,13 @@ class Worker:
         method = get_method(spec.method)
         self.trials_run += 1
         started, clock, setup = utc_now(), time.perf_counter(), self.setup_s
-        params = TrialParams(**spec.to_json(), trl_fields=method.trl_fields(spec.params), attempt=attempt)
+        fields = method.trl_fields(spec.params)
+        steps = planned_steps(self.recipe.train, len(self.pairs(spec.variant)))
+        note = trust_region_note(method, fields, steps)
+        if note is not None:
+            self.log(f"{spec.trial_id}: warning: {note}")
+        notes = {"notes": [note]} if note else {}
+        params = TrialParams(**spec.to_json(), trl_fields=fields, attempt=attempt, extra=notes)
         folder.start(params)
         outcome = _Outcome()
         try:
@@ -191,10 +197,12 @@ class Worker:
         """The body of a trial: build, train, evaluate, keep weights; fills `outcome` as it goes."""
         set_seed(spec.seed)
         clock = time.perf_counter()
-        policy = copy.deepcopy(self.sft).to(self.device).requires_grad_(True).train()
+        train = self.recipe.train
+        policy = trainable_copy(self.sft, train, self._lora is not None).to(self.device)
+        policy.requires_grad_(True).train()
         reference = None
-        if method.reference == "moving":
-            reference = copy.deepcopy(self.sft)
+        if method.reference == "moving":  # it is updated from the policy, so it keeps the policy's dtype
+            reference = copy.deepcopy(self.sft).to(dtype=next(policy.parameters()).dtype)
         elif method.reference == "fixed" and self._lora is None:
             reference = self.sft
         outcome.times["load"] = time.perf_counter() - clock
@@ -204,9 +212,9 @@ class Worker:
         clock = time.perf_counter()
         callback = TrialCallback(folder.log, self.recipe.eval.every_steps, quick, report)
         trainer = self._trainer(spec, method, policy, reference, folder.scratch, callback)
-        reference_s = self._supply_reference(trainer, method) if reference is self.sft else None
+        reference_s = self._supply_reference(trainer, method) if method.reference == "fixed" else None
         output = trainer.train()
-        policy = trainer.model
+        policy, rows = trainer.model, len(trainer.train_dataset)
         del trainer, reference
         hooks.restore_forward(self.sft)
         hooks.restore_forward(policy)
@@ -218,15 +226,13 @@ class Worker:
             "mean_loss": output.training_loss,
             "steps": output.global_step,
             "runtime_s": output.metrics.get("train_runtime"),
+            "length_policy": self.length_counts[spec.variant or ""],
+            "training_rows": rows,
+            **training_record(policy, train, method, self.device, output.global_step),
         }
-
-        if callback.diverged_at is not None:
-            outcome.state = "diverged"
-            outcome.error = {
-                "type": "NonFiniteLoss",
-                "message": f"the training loss became {callback.last_loss} at step {callback.diverged_at}",
-                "reason": "nan_loss",
-            }
+        diverged = divergence(callback.diverged_at, callback.last_loss, output.training_loss, policy)
+        if diverged is not None:
+            outcome.state, outcome.error = "diverged", diverged
             return
         if callback.pruned_at is None:
             self._evaluate(policy, folder, outcome)
@@ -252,8 +258,9 @@ class Worker:
         extra = {"ref_model": reference} if method.reference != "none" else {}
         if self._lora is not None:
             extra["peft_config"] = self._lora
-        with no_progress_bars(), hooks.serving(self.shared):
-            data = self.pairs(spec.variant)
+        sync = reference_sync(config, reference) if self._lora is not None else None
+        data = self.pairs(spec.variant)
+        with no_progress_bars(), hooks.serving(self.shared, conversational=is_conversational(data[0])):
             if method.data == "unpaired":
                 from trl import unpair_preference_dataset
 
@@ -269,6 +276,8 @@ class Worker:
                 **extra,
             )
         trainer.remove_callback(PrinterCallback)
+        if sync is not None:
+            trainer.add_callback(sync)
         return trainer
 
     def _supply_reference(self, trainer, method: Method) -> float | None:
@@ -319,6 +328,10 @@ class Worker:
         with no_progress_bars():
             policy.save_pretrained(folder.model)
             self.tokenizer.save_pretrained(folder.model)
+            if self._lora is not None and self.recipe.model.lora.save_merged:
+                merged = copy.deepcopy(policy).float().merge_and_unload()  # fp32: no update rounded away
+                merged.save_pretrained(folder.model / "merged")
+                self.tokenizer.save_pretrained(folder.model / "merged")
 
     def _write_metrics(
         self,
