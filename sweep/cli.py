@@ -231,6 +231,9 @@ def rm_train(
     max_length: Annotated[int, typer.Option(min=8, help="maximum tokens of prompt + response")] = 1024,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     trust_remote_code: Annotated[bool, typer.Option(help="run the model repository's own code")] = False,
+    input_format: Annotated[
+        str, typer.Option("--format", help="judge input: auto | pair | chat | raw (recorded for scoring)")
+    ] = "auto",
 ) -> None:
     """Train a reward model with TRL's RewardTrainer; the output folder is usable as a recipe judge."""
     from sweep.builtin import resolve
@@ -256,6 +259,7 @@ def rm_train(
         max_length=max_length,
         seed=seed,
         trust_remote_code=trust_remote_code,
+        fmt=input_format,
     )
     typer.echo(
         f"reward model: {out} (held-out pairwise accuracy {summary['heldout_accuracy']:.3f} "

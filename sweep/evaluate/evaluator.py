@@ -227,6 +227,7 @@ class Evaluator:
     def evaluate(self, policy, trial_dir: str | Path) -> dict:
         """Full evaluation: write trial_dir/samples.jsonl and return the flat metrics dict."""
         metrics, records = self._run(policy, len(self.items), with_kl=True)
+        metrics["judge_formats"] = {judge.name: judge.format for judge in self.judges}
         TrialFolder(Path(trial_dir)).write_samples(records)
         return metrics
 

@@ -157,6 +157,9 @@ class JudgeSpec(Strict):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     max_length: PositiveInt = 1024
     trust_remote_code: bool = False
+    format: Literal["auto", "pair", "chat", "raw"] = Field(
+        "auto", description="reward-model input: text pair, own chat template, or prompt + response + eos"
+    )
 
     @model_validator(mode="after")
     def _one_kind(self) -> JudgeSpec:
@@ -164,6 +167,8 @@ class JudgeSpec(Strict):
             raise ValueError("give exactly one of reward_model and callable")
         if self.callable is not None and not CALLABLE.match(self.callable):
             raise ValueError(f"callable must look like module.path:function, got {self.callable!r}")
+        if self.callable is not None and self.format != "auto":
+            raise ValueError("format applies to reward_model judges only")
         if self.name is not None and not SAFE_NAME.match(self.name):
             raise ValueError(f"name must be letters, digits, '.', '_' or '-', got {self.name!r}")
         if self.name is None:
