@@ -49,10 +49,25 @@ def judge_metrics(
     return metrics
 
 
-def response_metrics(lengths: Sequence[int], texts: Sequence[str], max_new_tokens: int) -> dict:
-    """Length statistics (tokens) and the mean number of whitespace-separated words."""
+REPEAT_N = 3
+
+
+def repeated_ngram_fraction(tokens: Sequence, n: int = REPEAT_N) -> float:
+    """Share of a response's n-grams that repeat an earlier one (0 without any n-gram): loops score high."""
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    return (len(grams) - len(set(grams))) / len(grams) if grams else 0.0
+
+
+def response_metrics(
+    lengths: Sequence[int], texts: Sequence[str], max_new_tokens: int, tokens: Sequence[Sequence[int]] = ()
+) -> dict:
+    """Length statistics (tokens), the mean number of whitespace-separated words, and (given the responses'
+    token ids up to their stop) the mean share of repeated 3-grams."""
     words = [len(text.split()) for text in texts]
-    return {**length_stats(lengths, max_new_tokens), "words_mean": float(np.mean(words))}
+    metrics = {**length_stats(lengths, max_new_tokens), "words_mean": float(np.mean(words))}
+    if tokens:
+        metrics["repeated_3gram_fraction"] = float(np.mean([repeated_ngram_fraction(t) for t in tokens]))
+    return metrics
 
 
 RIDGE = 1e-6

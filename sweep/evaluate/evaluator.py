@@ -203,7 +203,8 @@ class Evaluator:
             }
         lengths = np.asarray([response.length for response in responses], dtype=float).reshape(count, samples)
         own = {name: values.reshape(count, samples) for name, values in scores.items()}
-        metrics = response_metrics(lengths.ravel(), texts, self.settings.max_new_tokens)
+        stopped = [response.ids[: response.length] for response in responses]
+        metrics = response_metrics(lengths.ravel(), texts, self.settings.max_new_tokens, stopped)
         metrics.update(self._judged(own, own, lengths, lengths, references))
         return SftBaseline(
             key=key,
@@ -293,7 +294,8 @@ class Evaluator:
             for position, (index, sample) in enumerate(zip(kl_rows, kl_samples, strict=True)):
                 kl_lines[position if self.decoding.samples_model else index * samples].append(sample)
             times["kl"] = perf_counter() - start
-        metrics.update(response_metrics(lengths.ravel(), texts, self.settings.max_new_tokens))
+        stopped = [response.ids[: response.length] for response in responses]
+        metrics.update(response_metrics(lengths.ravel(), texts, self.settings.max_new_tokens, stopped))
         metrics["time_s"] = {name: round(seconds, 3) for name, seconds in times.items()}
         return metrics, self._records(rows, responses, texts, scores, kl_lines)
 

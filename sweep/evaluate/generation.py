@@ -55,10 +55,34 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+SENTINEL = "posweep-end-of-turn-probe"
+
+
+def end_of_turn_ids(tokenizer) -> list[int]:
+    """The special token the chat template closes an assistant turn with (Llama-3 <|eot_id|>, ChatML
+    <|im_end|>, Gemma <end_of_turn>, Phi-3 <|end|>), found by rendering a turn; empty without a template."""
+    if not tokenizer.chat_template:
+        return []
+    turn = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": SENTINEL}]
+    try:
+        text = tokenizer.apply_chat_template(turn, tokenize=False)
+    except Exception:  # a template that rejects this conversation (e.g. needs a system turn): no probe
+        return []
+    suffix = text.split(SENTINEL, 1)[1].lstrip() if SENTINEL in text else ""
+    ids = tokenizer(suffix, add_special_tokens=False)["input_ids"] if suffix else []
+    special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
+    return ids[:1] if ids and ids[0] in special else []
+
+
 def stop_ids(model, tokenizer) -> list[int]:
-    """Token ids that end a response: the tokenizer's eos and the model's generation_config eos ids."""
+    """Token ids that end a response: the tokenizer's eos, the model's generation_config eos ids, and the
+    chat template's end-of-turn token."""
     configured = getattr(_base_model(model).generation_config, "eos_token_id", None)
-    candidates = [tokenizer.eos_token_id, *(configured if isinstance(configured, list) else [configured])]
+    candidates = [
+        tokenizer.eos_token_id,
+        *(configured if isinstance(configured, list) else [configured]),
+        *end_of_turn_ids(tokenizer),
+    ]
     ids = list(dict.fromkeys(token for token in candidates if token is not None))
     if not ids:
         raise UserError("the policy's tokenizer has no eos token, so responses could never end")
