@@ -202,3 +202,38 @@ def kl_estimate(
     if difference.size == 0:
         return (math.nan, math.nan)
     return (float(difference.mean()), float((difference / np.asarray(tokens, dtype=float)).mean()))
+
+
+def standard_error(values: Sequence[float], groups: Sequence[int]) -> float:
+    """Standard error of the mean of `values` with the groups (prompts) as independent units: the sd (n−1)
+    of the group means over √groups; NaN with fewer than two groups."""
+    values, groups = np.asarray(values, dtype=float), np.asarray(groups)
+    labels, index = np.unique(groups, return_inverse=True)
+    if len(labels) < 2:
+        return math.nan
+    means = np.bincount(index, weights=values) / np.bincount(index)
+    return float(means.std(ddof=1) / math.sqrt(len(labels)))
+
+
+def kl_metrics(
+    kl_exact: Sequence[float],
+    logp_policy: Sequence[float],
+    logp_reference: Sequence[float],
+    tokens: Sequence[int],
+    prompts: Sequence[int],
+) -> dict[str, float]:
+    """KL(π‖π_ref) per response and per token from samples of π: the exact next-token KL summed along each
+    sample (`kl_to_sft`), and the log-ratio estimate (`kl_to_sft_mc`), each with its standard error over
+    prompts (`_se`)."""
+    exact = np.asarray(kl_exact, dtype=float)
+    ratio = np.asarray(logp_policy, dtype=float) - np.asarray(logp_reference, dtype=float)
+    count = np.asarray(tokens, dtype=float)
+    mc, mc_per_token = kl_estimate(logp_policy, logp_reference, tokens)
+    parts = {"": exact, "_mc": ratio}
+    metrics = {}
+    for suffix, values in parts.items():
+        for name, per in (("kl_to_sft", values), ("kl_to_sft_per_token", values / count)):
+            metrics[name + suffix] = float(per.mean()) if per.size else math.nan
+            metrics[name + suffix + "_se"] = standard_error(per, prompts)
+    metrics["kl_to_sft_mc"], metrics["kl_to_sft_per_token_mc"] = mc, mc_per_token
+    return metrics

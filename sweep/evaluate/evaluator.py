@@ -19,15 +19,16 @@ Scores. A policy response identical to an SFT response for the same prompt takes
 score, so identical responses always tie (the SFT model against itself has win rate exactly 0.5).
 
 KL(π‖π_SFT). On responses sampled from the policy at temperature 1 and top_p 1 (the evaluation's own
-samples when it decodes that way, else `eval.kl_samples` separate samples per prompt), log π(y|x) and
-log π_SFT(y|x) are computed by teacher-forced forward passes, summed over the response tokens including the
-EOS; `kl_to_sft` is the mean of their difference, `kl_to_sft_per_token` the mean of the difference divided
-by the number of tokens summed.
+samples when it decodes that way, else `eval.kl_samples` separate samples per prompt), one teacher-forced
+pass of each model gives every next-token distribution along the sample. `kl_to_sft` is the mean over
+samples of Σ_t KL(π(·|x,y<t) ‖ π_SFT(·|x,y<t)) over the response positions, the stop token's included;
+`kl_to_sft_mc` the mean of log π(y|x) − log π_SFT(y|x); `_per_token` variants divide each sample's value by
+its token count; `_se` is each one's standard error over prompts.
 
 samples.jsonl: one line per (prompt, sample) with prompt_index, sample, prompt, reference (when the data
 have references), response, score, sft_response, sft_score, reference_score, `NAME.score`,
 `NAME.sft_score`, `NAME.reference_score` for each secondary judge, length, sft_length, words, truncated, and
-`kl`: the KL samples drawn for this line, each {response, tokens, logp_policy, logp_sft} (the line's own
+`kl`: the KL samples drawn for this line, each {response, tokens, logp_policy, logp_sft, kl_exact} (the line's own
 response when the evaluation samples at temperature 1, else the prompt's KL samples on its first line).
 """
 
@@ -43,7 +44,7 @@ import numpy as np
 from sweep.errors import UserError
 from sweep.evaluate import estimators
 from sweep.evaluate.estimators import EVAL_SEED, judge_metrics, response_metrics
-from sweep.evaluate.generation import Decoding, Response, generate, sequence_logps, stop_ids
+from sweep.evaluate.generation import Decoding, Response, generate, stop_ids, teacher_forced_kl
 from sweep.hf.formats import encode_prompt
 from sweep.hf.judges import Judge, load_judges
 from sweep.io import file_lock, json_digest, package_versions, utc_now
@@ -253,16 +254,28 @@ class Evaluator:
             responses = self._generate(policy, count, per_prompt, free, EVAL_SEED + 1)
             rows = self._rows(count, per_prompt)
         prompts = [self.prompt_ids[index] for index in rows]
-        batch = self.settings.batch_size
-        logp_policy = sequence_logps(policy, prompts, responses, batch, self.pad_id)
-        logp_sft = sequence_logps(self.sft_model, prompts, responses, batch, self.pad_id)
+        passes = teacher_forced_kl(
+            policy, self.sft_model, prompts, responses, self.settings.batch_size, self.pad_id
+        )
         tokens = [len(response.ids) for response in responses]
-        kl, per_token = estimators.kl_estimate(logp_policy, logp_sft, tokens)
+        metrics = estimators.kl_metrics(
+            [p.kl_exact for p in passes],
+            [p.logp_policy for p in passes],
+            [p.logp_sft for p in passes],
+            tokens,
+            rows,
+        )
         samples = [
-            {"response": self._text(response), "tokens": n, "logp_policy": lp, "logp_sft": ls}
-            for response, n, lp, ls in zip(responses, tokens, logp_policy, logp_sft, strict=True)
+            {
+                "response": self._text(response),
+                "tokens": n,
+                "logp_policy": p.logp_policy,
+                "logp_sft": p.logp_sft,
+                "kl_exact": p.kl_exact,
+            }
+            for response, n, p in zip(responses, tokens, passes, strict=True)
         ]
-        return {"kl_to_sft": kl, "kl_to_sft_per_token": per_token}, rows, samples
+        return metrics, rows, samples
 
     def _run(self, policy, count: int, with_kl: bool) -> tuple[dict, list[dict]]:
         """Metrics and samples.jsonl records of `policy` on the first `count` prompts."""
