@@ -42,6 +42,8 @@ OTHER_METRICS = [
     *KL_METRICS,
     "repeated_3gram_fraction",
     "judge_formats",
+    "selection",
+    "test",
     "length_mean",
     "length_median",
     "length_p90",
@@ -346,5 +348,25 @@ def test_quick_evaluation_and_objective(sweep_env, tokenizer, tmp_path):
     assert value == stats.win_rate(
         [line["words"] for line in lines], [line["len.sft_score"] for line in lines]
     )
-    assert ev.objective(metrics) == metrics["len.win_rate_vs_sft"]
+    assert ev.objective(metrics) == metrics["selection"]["len.win_rate_vs_sft"]
     assert math.isnan(ev.objective({}))
+
+
+def test_selection_and_test_parts_split_the_prompts_and_recompute_every_metric(
+    sweep_env, tokenizer, tmp_path
+):
+    ev = evaluator(sweep_env, tokenizer, tmp_path / "sweep", do_sample=True, samples_per_prompt=2)
+    metrics = ev.evaluate(causal_lm(tokenizer, 1), tmp_path / "trial")
+    mask = stats.selection_mask(len(EVAL_ROWS), 0.5, 0)
+    assert mask.sum() == 2 and list(mask) == list(stats.selection_mask(len(EVAL_ROWS), 0.5, 0))
+    assert list(mask) != list(stats.selection_mask(len(EVAL_ROWS), 0.5, 1))  # the seed moves the split
+    lines = read_jsonl(tmp_path / "trial" / "samples.jsonl")
+    for part, chosen in (("selection", mask), ("test", ~mask)):
+        picked = [line for line in lines if chosen[line["prompt_index"]]]
+        scores = np.array([line["score"] for line in picked]).reshape(-1, 2)
+        sft = np.array([line["sft_score"] for line in picked]).reshape(-1, 2)
+        assert metrics[part]["win_rate_vs_sft"] == pytest.approx(stats.win_rate(scores, sft))
+        assert metrics[part]["length_mean"] == pytest.approx(np.mean([line["length"] for line in picked]))
+        exact = [s["kl_exact"] for line in picked for s in line["kl"]]
+        assert metrics[part]["kl_to_sft"] == pytest.approx(np.mean(exact))
+    assert ev.objective(metrics) == metrics["selection"]["win_rate_vs_sft"]

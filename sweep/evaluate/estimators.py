@@ -15,6 +15,7 @@ Pure numpy. Scores are arrays of shape (prompts, samples); a 1-D array is one sa
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 
@@ -237,3 +238,13 @@ def kl_metrics(
             metrics[name + suffix + "_se"] = standard_error(per, prompts)
     metrics["kl_to_sft_mc"], metrics["kl_to_sft_per_token_mc"] = mc, mc_per_token
     return metrics
+
+
+def selection_mask(count: int, fraction: float, seed: int) -> np.ndarray:
+    """True for the prompts of the selection part: the round(fraction·count) prompts (at least one) with the
+    smallest seeded hash of their index; the others are the test part."""
+    keys = [hashlib.sha256(f"{seed}:{index}".encode()).digest() for index in range(count)]
+    chosen = sorted(range(count), key=keys.__getitem__)[: min(count, max(1, round(fraction * count)))]
+    mask = np.zeros(count, dtype=bool)
+    mask[chosen] = True
+    return mask

@@ -249,6 +249,10 @@ class EvalSpec(Strict):
     objective: str = "win_rate_vs_sft"
     every_steps: PositiveInt | None = Field(None, description="quick evaluation every N steps (pruning)")
     quick_prompts: PositiveInt = 32
+    selection_fraction: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.5, description="share of the prompts whose metrics pick the best trial; the rest test it"
+    )
+    selection_seed: int = Field(0, description="seed of the index hash that splits selection from test")
 
     @property
     def direction(self) -> Literal["maximize", "minimize"]:
