@@ -203,11 +203,14 @@ def report(
     sweep_dirs: Annotated[list[Path], typer.Argument(help="one or more sweep folders", show_default=False)],
     out: Annotated[Path | None, typer.Option(help="output folder (default: FIRST_DIR/report)")] = None,
     metric: Annotated[str | None, typer.Option(help="objective metric key (default: the sweep's)")] = None,
+    failures_as_worst: Annotated[
+        bool, typer.Option(help="count failed trials (exception, OOM, dead worker) as the worst value")
+    ] = False,
 ) -> None:
     """Write robustness tables, figures and a self-contained index.html for finished or running sweeps."""
     from sweep.report import build_report
 
-    folder = build_report(list(sweep_dirs), out=out, metric=metric)
+    folder = build_report(list(sweep_dirs), out=out, metric=metric, failures_as_worst=failures_as_worst)
     typer.echo(f"report: {folder / 'index.html'}")
 
 

@@ -32,9 +32,10 @@ its token count; `_se` is each one's standard error over prompts.
 
 samples.jsonl: one line per (prompt, sample) with prompt_index, sample, prompt, reference (when the data
 have references), response, score, sft_response, sft_score, reference_score, `NAME.score`,
-`NAME.sft_score`, `NAME.reference_score` for each secondary judge, length, sft_length, words, truncated, and
-`kl`: the KL samples drawn for this line, each {response, tokens, logp_policy, logp_sft, kl_exact} (the line's own
-response when the evaluation samples at temperature 1, else the prompt's KL samples on its first line).
+`NAME.sft_score`, `NAME.reference_score` for each secondary judge, length, sft_length, words, truncated,
+and `kl`: the KL samples drawn for this line, each {response, tokens, logp_policy, logp_sft, kl_exact} (the
+line's own response when the evaluation samples at temperature 1, else the prompt's KL samples on its
+first line).
 """
 
 from __future__ import annotations
