@@ -203,11 +203,14 @@ def report(
     sweep_dirs: Annotated[list[Path], typer.Argument(help="one or more sweep folders", show_default=False)],
     out: Annotated[Path | None, typer.Option(help="output folder (default: FIRST_DIR/report)")] = None,
     metric: Annotated[str | None, typer.Option(help="objective metric key (default: the sweep's)")] = None,
+    failures_as_worst: Annotated[
+        bool, typer.Option(help="count failed trials (exception, OOM, dead worker) as the worst value")
+    ] = False,
 ) -> None:
     """Write robustness tables, figures and a self-contained index.html for finished or running sweeps."""
     from sweep.report import build_report
 
-    folder = build_report(list(sweep_dirs), out=out, metric=metric)
+    folder = build_report(list(sweep_dirs), out=out, metric=metric, failures_as_worst=failures_as_worst)
     typer.echo(f"report: {folder / 'index.html'}")
 
 
@@ -231,6 +234,9 @@ def rm_train(
     max_length: Annotated[int, typer.Option(min=8, help="maximum tokens of prompt + response")] = 1024,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     trust_remote_code: Annotated[bool, typer.Option(help="run the model repository's own code")] = False,
+    input_format: Annotated[
+        str, typer.Option("--format", help="judge input: auto | pair | chat | raw (recorded for scoring)")
+    ] = "auto",
 ) -> None:
     """Train a reward model with TRL's RewardTrainer; the output folder is usable as a recipe judge."""
     from sweep.builtin import resolve
@@ -256,6 +262,7 @@ def rm_train(
         max_length=max_length,
         seed=seed,
         trust_remote_code=trust_remote_code,
+        fmt=input_format,
     )
     typer.echo(
         f"reward model: {out} (held-out pairwise accuracy {summary['heldout_accuracy']:.3f} "

@@ -13,7 +13,7 @@ from tiny import CHAT_TEMPLATE, save_dir, tiny_causal_lm, tiny_reward_model, tin
 from sweep.errors import UserError
 from sweep.evaluate import estimators as stats
 from sweep.evaluate.evaluator import Evaluator
-from sweep.evaluate.generation import Decoding, generate, sequence_logps, stop_ids
+from sweep.evaluate.generation import Decoding, generate, sequence_logps, stop_ids, teacher_forced_kl
 from sweep.hf.formats import encode_prompt
 from sweep.io import read_jsonl
 from sweep.spec.recipe import Recipe
@@ -35,9 +35,15 @@ JUDGE_METRICS = [
     "win_rate_vs_chosen",
     "win_rate_vs_chosen_ci",
 ]
+KL_METRICS = [
+    name + suffix for name in ("kl_to_sft", "kl_to_sft_per_token") for suffix in ("", "_se", "_mc", "_mc_se")
+]
 OTHER_METRICS = [
-    "kl_to_sft",
-    "kl_to_sft_per_token",
+    *KL_METRICS,
+    "repeated_3gram_fraction",
+    "judge_formats",
+    "selection",
+    "test",
     "length_mean",
     "length_median",
     "length_p90",
@@ -104,6 +110,34 @@ def test_monte_carlo_kl_agrees_with_exact_enumeration():
     assert kl == pytest.approx(np.mean([e[0] for e in exact]), abs=4 * ratio.std() / math.sqrt(ratio.size))
     per_token_error = 4 * (ratio / tokens).std() / math.sqrt(ratio.size)
     assert per_token == pytest.approx(np.mean([e[1] for e in exact]), abs=per_token_error)
+
+
+def test_exact_kl_along_samples_agrees_with_enumeration_within_three_standard_errors():
+    tokenizer = tiny_tokenizer(["a", "b"])
+    reference, policy = causal_lm(tokenizer, 0), causal_lm(tokenizer, 1)
+    prompts = [encode_prompt(tokenizer, "a b"), encode_prompt(tokenizer, "b")]
+    eos, samples, max_new = tokenizer.eos_token_id, 300, 3
+    responses = generate(policy, prompts, samples, Decoding(max_new, do_sample=True), 600, 0, [eos], seed=3)
+    rows = [prompt for prompt in prompts for _ in range(samples)]
+    passes = teacher_forced_kl(policy, reference, rows, responses, 600, 0)
+    tokens = [len(response.ids) for response in responses]
+    groups = [index * samples + draw for index in range(2) for draw in range(samples)]  # every draw a unit
+    found = stats.kl_metrics(
+        [p.kl_exact for p in passes],
+        [p.logp_policy for p in passes],
+        [p.logp_sft for p in passes],
+        tokens,
+        groups,
+    )
+    exact = [exact_kl(policy, reference, prompt, eos, len(tokenizer), max_new) for prompt in prompts]
+    assert found["kl_to_sft"] == pytest.approx(np.mean([e[0] for e in exact]), abs=3 * found["kl_to_sft_se"])
+    assert found["kl_to_sft_mc"] == pytest.approx(
+        np.mean([e[0] for e in exact]), abs=4 * found["kl_to_sft_mc_se"]
+    )
+    assert found["kl_to_sft_se"] < found["kl_to_sft_mc_se"]
+    assert [p.logp_policy for p in passes] == pytest.approx(
+        sequence_logps(policy, rows, responses, 7, 0), abs=1e-4
+    )
 
 
 def test_sequence_logps_in_padded_batches_match_unpadded_passes(tokenizer):
@@ -235,7 +269,11 @@ def test_evaluation_writes_every_metric_and_one_line_per_sample(sweep_env, token
         assert [sample["response"] for sample in line["kl"]] == [line["response"]]
         assert line["len.score"] == line["words"] == len(line["response"].split())
     kl = [s["logp_policy"] - s["logp_sft"] for line in lines for s in line["kl"]]
-    assert metrics["kl_to_sft"] == pytest.approx(np.mean(kl))
+    assert metrics["kl_to_sft_mc"] == pytest.approx(np.mean(kl))
+    assert metrics["kl_to_sft"] == pytest.approx(
+        np.mean([s["kl_exact"] for line in lines for s in line["kl"]])
+    )
+    assert metrics["judge_formats"] == {"rm": "raw", "len": "callable"}
     scores = np.array([line["score"] for line in lines]).reshape(-1, 2)
     sft_scores = np.array([line["sft_score"] for line in lines]).reshape(-1, 2)
     assert metrics["win_rate_vs_sft"] == pytest.approx(stats.win_rate(scores, sft_scores))
@@ -265,8 +303,13 @@ def test_greedy_evaluation_draws_separate_kl_samples(sweep_env, tokenizer, tmp_p
     assert all(len(line["kl"]) == 3 for line in lines)
     kl = [s["logp_policy"] - s["logp_sft"] for line in lines for s in line["kl"]]
     per_token = [(s["logp_policy"] - s["logp_sft"]) / s["tokens"] for line in lines for s in line["kl"]]
-    assert metrics["kl_to_sft"] == pytest.approx(np.mean(kl))
-    assert metrics["kl_to_sft_per_token"] == pytest.approx(np.mean(per_token))
+    assert metrics["kl_to_sft_mc"] == pytest.approx(np.mean(kl))
+    assert metrics["kl_to_sft_per_token_mc"] == pytest.approx(np.mean(per_token))
+    exact = [[s["kl_exact"] for s in line["kl"]] for line in lines]
+    assert metrics["kl_to_sft"] == pytest.approx(np.mean(exact))
+    assert metrics["kl_to_sft_se"] == pytest.approx(
+        np.std(np.mean(exact, axis=1), ddof=1) / math.sqrt(len(lines))
+    )
     assert metrics["truncated_fraction"] == np.mean([line["truncated"] for line in lines])
 
 
@@ -305,5 +348,25 @@ def test_quick_evaluation_and_objective(sweep_env, tokenizer, tmp_path):
     assert value == stats.win_rate(
         [line["words"] for line in lines], [line["len.sft_score"] for line in lines]
     )
-    assert ev.objective(metrics) == metrics["len.win_rate_vs_sft"]
+    assert ev.objective(metrics) == metrics["selection"]["len.win_rate_vs_sft"]
     assert math.isnan(ev.objective({}))
+
+
+def test_selection_and_test_parts_split_the_prompts_and_recompute_every_metric(
+    sweep_env, tokenizer, tmp_path
+):
+    ev = evaluator(sweep_env, tokenizer, tmp_path / "sweep", do_sample=True, samples_per_prompt=2)
+    metrics = ev.evaluate(causal_lm(tokenizer, 1), tmp_path / "trial")
+    mask = stats.selection_mask(len(EVAL_ROWS), 0.5, 0)
+    assert mask.sum() == 2 and list(mask) == list(stats.selection_mask(len(EVAL_ROWS), 0.5, 0))
+    assert list(mask) != list(stats.selection_mask(len(EVAL_ROWS), 0.5, 1))  # the seed moves the split
+    lines = read_jsonl(tmp_path / "trial" / "samples.jsonl")
+    for part, chosen in (("selection", mask), ("test", ~mask)):
+        picked = [line for line in lines if chosen[line["prompt_index"]]]
+        scores = np.array([line["score"] for line in picked]).reshape(-1, 2)
+        sft = np.array([line["sft_score"] for line in picked]).reshape(-1, 2)
+        assert metrics[part]["win_rate_vs_sft"] == pytest.approx(stats.win_rate(scores, sft))
+        assert metrics[part]["length_mean"] == pytest.approx(np.mean([line["length"] for line in picked]))
+        exact = [s["kl_exact"] for line in picked for s in line["kl"]]
+        assert metrics[part]["kl_to_sft"] == pytest.approx(np.mean(exact))
+    assert ev.objective(metrics) == metrics["selection"]["win_rate_vs_sft"]

@@ -97,11 +97,12 @@ def test_reward_model_truncates_to_max_length(tmp_path):
 
 
 def test_reward_model_without_pad_token_pads_with_eos(tmp_path):
+    """Padding with eos no longer hides the final eos: rows are read at their last attended token."""
     path, model, tokenizer = reward_model_dir(tmp_path, pad=False)
     (judge,) = load_judges([JudgeSpec(reward_model=str(path), batch_size=3)], "cpu")
     assert judge.pad_id == tokenizer.eos_token_id
     assert judge.score(PROMPTS, RESPONSES) == pytest.approx(
-        unpadded_scores(model, tokenizer, [p + r for p, r in zip(PROMPTS, RESPONSES)]), abs=1e-5
+        unpadded_scores(model, tokenizer, [p + r + "<eos>" for p, r in zip(PROMPTS, RESPONSES)]), abs=1e-5
     )
 
 

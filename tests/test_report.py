@@ -129,8 +129,11 @@ def golden_trials() -> list[dict]:
 
 @pytest.fixture(scope="module")
 def golden_report(tmp_path_factory):
+    """The golden sweep reported with --failures-as-worst (failed trials scored like diverged ones)."""
     return build_report(
-        [make_sweep(tmp_path_factory.mktemp("golden"), "golden", golden_trials())], console=quiet()
+        [make_sweep(tmp_path_factory.mktemp("golden"), "golden", golden_trials())],
+        console=quiet(),
+        failures_as_worst=True,
     )
 
 
@@ -160,7 +163,7 @@ def test_robustness_golden(golden_report):
     assert dpo["expected_best_k5"] == pytest.approx(0.6)
     assert dpo["mean_length_tokens"] == pytest.approx(200.0) and dpo["mean_kl_to_sft"] == pytest.approx(2.0)
     assert dpo["best_trial"] == "dpo-0" and dpo["best_params"] == "beta=0.1 learning_rate=1e-06"
-    # ipo: the pruned trial keeps its 0.2; running and interrupted are counted, not scored -> 0.2, 0.66, 0.7
+    # ipo: pruned, running and interrupted trials are counted, not scored -> 0.66, 0.7
     ipo = table.loc["ipo"]
     counts = (
         ipo["n_trials"],
@@ -170,14 +173,14 @@ def test_robustness_golden(golden_report):
         ipo["n_interrupted"],
         ipo["n_scored"],
     )
-    assert counts == (5, 2, 1, 1, 1, 3)
-    assert (ipo["best"], ipo["median"], ipo["worst"]) == pytest.approx((0.7, 0.66, 0.2))
-    assert ipo["mean"] == pytest.approx(1.56 / 3)
-    assert ipo["iqr"] == pytest.approx((0.66 + 0.5 * 0.04) - (0.2 + 0.5 * 0.46))  # positions 1.5 and 0.5
-    assert ipo["frac_within_0.05_of_method_best"] == pytest.approx(2 / 3)
-    assert ipo["frac_within_0.05_of_overall_best"] == pytest.approx(2 / 3)
-    assert (ipo["expected_best_k1"], ipo["expected_best_k3"]) == pytest.approx((1.56 / 3, 0.7))
-    assert math.isnan(ipo["expected_best_k5"])  # more trials than the method has
+    assert counts == (5, 2, 1, 1, 1, 2)
+    assert (ipo["best"], ipo["median"], ipo["worst"]) == pytest.approx((0.7, 0.68, 0.66))
+    assert ipo["mean"] == pytest.approx(0.68)
+    assert ipo["iqr"] == pytest.approx(0.02)  # quartiles at positions 0.25 and 0.75
+    assert ipo["frac_within_0.05_of_method_best"] == pytest.approx(1.0)
+    assert ipo["frac_within_0.05_of_overall_best"] == pytest.approx(1.0)
+    assert ipo["expected_best_k1"] == pytest.approx(0.68)
+    assert math.isnan(ipo["expected_best_k3"])  # more trials than the method has
     assert math.isnan(ipo["mean_length_tokens"])
     assert ipo["best_params"] == "beta=0.1"
 
@@ -370,7 +373,7 @@ def test_metric_option_direction_and_worst_value(tmp_path):
     ]
     sweeps = load_sweeps([make_sweep(tmp_path, "m", trials)])
     for metric, expected in (("judge_score_mean", (2.0, -1.0, 0.0)), ("kl_to_sft", (3.0, 5.0, 13 / 3))):
-        scored, objective = resolve_objective(sweeps, read_trials(sweeps), metric)
+        scored, objective = resolve_objective(sweeps, read_trials(sweeps), metric, failures_as_worst=True)
         row = robustness_table(scored, objective, ["method"]).iloc[0]
         # judge score is maximized and a failed trial scores the lowest value seen; KL is minimized and a
         # failed trial scores the highest value seen

@@ -15,6 +15,7 @@ Pure numpy. Scores are arrays of shape (prompts, samples); a 1-D array is one sa
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 
@@ -49,10 +50,25 @@ def judge_metrics(
     return metrics
 
 
-def response_metrics(lengths: Sequence[int], texts: Sequence[str], max_new_tokens: int) -> dict:
-    """Length statistics (tokens) and the mean number of whitespace-separated words."""
+REPEAT_N = 3
+
+
+def repeated_ngram_fraction(tokens: Sequence, n: int = REPEAT_N) -> float:
+    """Share of a response's n-grams that repeat an earlier one (0 without any n-gram): loops score high."""
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    return (len(grams) - len(set(grams))) / len(grams) if grams else 0.0
+
+
+def response_metrics(
+    lengths: Sequence[int], texts: Sequence[str], max_new_tokens: int, tokens: Sequence[Sequence[int]] = ()
+) -> dict:
+    """Length statistics (tokens), the mean number of whitespace-separated words, and (given the responses'
+    token ids up to their stop) the mean share of repeated 3-grams."""
     words = [len(text.split()) for text in texts]
-    return {**length_stats(lengths, max_new_tokens), "words_mean": float(np.mean(words))}
+    metrics = {**length_stats(lengths, max_new_tokens), "words_mean": float(np.mean(words))}
+    if tokens:
+        metrics["repeated_3gram_fraction"] = float(np.mean([repeated_ngram_fraction(t) for t in tokens]))
+    return metrics
 
 
 RIDGE = 1e-6
@@ -187,3 +203,48 @@ def kl_estimate(
     if difference.size == 0:
         return (math.nan, math.nan)
     return (float(difference.mean()), float((difference / np.asarray(tokens, dtype=float)).mean()))
+
+
+def standard_error(values: Sequence[float], groups: Sequence[int]) -> float:
+    """Standard error of the mean of `values` with the groups (prompts) as independent units: the sd (n−1)
+    of the group means over √groups; NaN with fewer than two groups."""
+    values, groups = np.asarray(values, dtype=float), np.asarray(groups)
+    labels, index = np.unique(groups, return_inverse=True)
+    if len(labels) < 2:
+        return math.nan
+    means = np.bincount(index, weights=values) / np.bincount(index)
+    return float(means.std(ddof=1) / math.sqrt(len(labels)))
+
+
+def kl_metrics(
+    kl_exact: Sequence[float],
+    logp_policy: Sequence[float],
+    logp_reference: Sequence[float],
+    tokens: Sequence[int],
+    prompts: Sequence[int],
+) -> dict[str, float]:
+    """KL(π‖π_ref) per response and per token from samples of π: the exact next-token KL summed along each
+    sample (`kl_to_sft`), and the log-ratio estimate (`kl_to_sft_mc`), each with its standard error over
+    prompts (`_se`)."""
+    exact = np.asarray(kl_exact, dtype=float)
+    ratio = np.asarray(logp_policy, dtype=float) - np.asarray(logp_reference, dtype=float)
+    count = np.asarray(tokens, dtype=float)
+    mc, mc_per_token = kl_estimate(logp_policy, logp_reference, tokens)
+    parts = {"": exact, "_mc": ratio}
+    metrics = {}
+    for suffix, values in parts.items():
+        for name, per in (("kl_to_sft", values), ("kl_to_sft_per_token", values / count)):
+            metrics[name + suffix] = float(per.mean()) if per.size else math.nan
+            metrics[name + suffix + "_se"] = standard_error(per, prompts)
+    metrics["kl_to_sft_mc"], metrics["kl_to_sft_per_token_mc"] = mc, mc_per_token
+    return metrics
+
+
+def selection_mask(count: int, fraction: float, seed: int) -> np.ndarray:
+    """True for the prompts of the selection part: the round(fraction·count) prompts (at least one) with the
+    smallest seeded hash of their index; the others are the test part."""
+    keys = [hashlib.sha256(f"{seed}:{index}".encode()).digest() for index in range(count)]
+    chosen = sorted(range(count), key=keys.__getitem__)[: min(count, max(1, round(fraction * count)))]
+    mask = np.zeros(count, dtype=bool)
+    mask[chosen] = True
+    return mask

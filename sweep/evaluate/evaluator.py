@@ -15,20 +15,27 @@ the model's own generation_config (top_k, repetition penalty, ...) is ignored, s
 the same way. Sampling is seeded (seed 0, the same for the SFT baseline and every policy). A response
 ends at an EOS token or after `max_new_tokens`; its length counts response tokens without the EOS.
 
+Selection and test parts. The prompts are split once, by a seeded hash of their index
+(`eval.selection_fraction` of them, at least one, form the selection part). Every metric is computed over
+all prompts, and again over each part under `selection` and `test`: the objective (what TPE optimizes and
+what picks the best trial) is the selection part's, and the test part scores the picked trial honestly.
+
 Scores. A policy response identical to an SFT response for the same prompt takes that response's stored
 score, so identical responses always tie (the SFT model against itself has win rate exactly 0.5).
 
 KL(π‖π_SFT). On responses sampled from the policy at temperature 1 and top_p 1 (the evaluation's own
-samples when it decodes that way, else `eval.kl_samples` separate samples per prompt), log π(y|x) and
-log π_SFT(y|x) are computed by teacher-forced forward passes, summed over the response tokens including the
-EOS; `kl_to_sft` is the mean of their difference, `kl_to_sft_per_token` the mean of the difference divided
-by the number of tokens summed.
+samples when it decodes that way, else `eval.kl_samples` separate samples per prompt), one teacher-forced
+pass of each model gives every next-token distribution along the sample. `kl_to_sft` is the mean over
+samples of Σ_t KL(π(·|x,y<t) ‖ π_SFT(·|x,y<t)) over the response positions, the stop token's included;
+`kl_to_sft_mc` the mean of log π(y|x) − log π_SFT(y|x); `_per_token` variants divide each sample's value by
+its token count; `_se` is each one's standard error over prompts.
 
 samples.jsonl: one line per (prompt, sample) with prompt_index, sample, prompt, reference (when the data
 have references), response, score, sft_response, sft_score, reference_score, `NAME.score`,
-`NAME.sft_score`, `NAME.reference_score` for each secondary judge, length, sft_length, words, truncated, and
-`kl`: the KL samples drawn for this line, each {response, tokens, logp_policy, logp_sft} (the line's own
-response when the evaluation samples at temperature 1, else the prompt's KL samples on its first line).
+`NAME.sft_score`, `NAME.reference_score` for each secondary judge, length, sft_length, words, truncated,
+and `kl`: the KL samples drawn for this line, each {response, tokens, logp_policy, logp_sft, kl_exact} (the
+line's own response when the evaluation samples at temperature 1, else the prompt's KL samples on its
+first line).
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ import numpy as np
 from sweep.errors import UserError
 from sweep.evaluate import estimators
 from sweep.evaluate.estimators import EVAL_SEED, judge_metrics, response_metrics
-from sweep.evaluate.generation import Decoding, Response, generate, sequence_logps, stop_ids
+from sweep.evaluate.generation import Decoding, Response, generate, stop_ids, teacher_forced_kl
 from sweep.hf.formats import encode_prompt
 from sweep.hf.judges import Judge, load_judges
 from sweep.io import file_lock, json_digest, package_versions, utc_now
@@ -85,6 +92,9 @@ class Evaluator:
         self.eos_ids = stop_ids(sft_model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
         self.decoding = Decoding.of(self.settings)
+        self.selection = estimators.selection_mask(
+            len(self.items), self.settings.selection_fraction, self.settings.selection_seed
+        )
         self.judges: list[Judge] = load_judges(recipe.judges, device)
         self.known_scores: dict[str, dict[tuple[int, str], float]] = {}
         self.baseline = self._baseline()
@@ -203,7 +213,8 @@ class Evaluator:
             }
         lengths = np.asarray([response.length for response in responses], dtype=float).reshape(count, samples)
         own = {name: values.reshape(count, samples) for name, values in scores.items()}
-        metrics = response_metrics(lengths.ravel(), texts, self.settings.max_new_tokens)
+        stopped = [response.ids[: response.length] for response in responses]
+        metrics = response_metrics(lengths.ravel(), texts, self.settings.max_new_tokens, stopped)
         metrics.update(self._judged(own, own, lengths, lengths, references))
         return SftBaseline(
             key=key,
@@ -227,6 +238,7 @@ class Evaluator:
     def evaluate(self, policy, trial_dir: str | Path) -> dict:
         """Full evaluation: write trial_dir/samples.jsonl and return the flat metrics dict."""
         metrics, records = self._run(policy, len(self.items), with_kl=True)
+        metrics["judge_formats"] = {judge.name: judge.format for judge in self.judges}
         TrialFolder(Path(trial_dir)).write_samples(records)
         return metrics
 
@@ -237,12 +249,13 @@ class Evaluator:
         return self.objective(self._run(policy, count, with_kl=needs_kl)[0])
 
     def objective(self, metrics: dict) -> float:
-        """The value of `eval.objective` in a metrics dict (NaN when it is missing)."""
-        value = metrics.get(self.settings.objective)
+        """The value of `eval.objective` on the selection part of a metrics dict (the value TPE optimizes
+        and the report picks the best trial by); NaN when it is missing."""
+        value = (metrics.get("selection") or metrics).get(self.settings.objective)
         return math.nan if value is None else float(value)
 
-    def _kl(self, policy, count: int, responses: list[Response]) -> tuple[dict, list[int], list[dict]]:
-        """KL metrics, and each KL sample's prompt index and record."""
+    def _kl(self, policy, count: int, responses: list[Response]) -> tuple[list[int], list[dict]]:
+        """Each KL sample's prompt index and record."""
         if self.decoding.samples_model:
             rows = self._rows(count)
         else:
@@ -251,19 +264,55 @@ class Evaluator:
             responses = self._generate(policy, count, per_prompt, free, EVAL_SEED + 1)
             rows = self._rows(count, per_prompt)
         prompts = [self.prompt_ids[index] for index in rows]
-        batch = self.settings.batch_size
-        logp_policy = sequence_logps(policy, prompts, responses, batch, self.pad_id)
-        logp_sft = sequence_logps(self.sft_model, prompts, responses, batch, self.pad_id)
-        tokens = [len(response.ids) for response in responses]
-        kl, per_token = estimators.kl_estimate(logp_policy, logp_sft, tokens)
+        passes = teacher_forced_kl(
+            policy, self.sft_model, prompts, responses, self.settings.batch_size, self.pad_id
+        )
         samples = [
-            {"response": self._text(response), "tokens": n, "logp_policy": lp, "logp_sft": ls}
-            for response, n, lp, ls in zip(responses, tokens, logp_policy, logp_sft, strict=True)
+            {
+                "response": self._text(response),
+                "tokens": len(response.ids),
+                "logp_policy": p.logp_policy,
+                "logp_sft": p.logp_sft,
+                "kl_exact": p.kl_exact,
+            }
+            for response, p in zip(responses, passes, strict=True)
         ]
-        return {"kl_to_sft": kl, "kl_to_sft_per_token": per_token}, rows, samples
+        return rows, samples
+
+    def _metrics(self, prompts: np.ndarray, outputs: dict) -> dict:
+        """Every metric over the given prompt indices (rows of the (prompts, samples) arrays)."""
+        per_prompt = self.settings.samples_per_prompt
+        lines = (prompts[:, None] * per_prompt + np.arange(per_prompt)).ravel()
+        lengths = outputs["lengths"][prompts]
+        metrics = self._judged(
+            {name: values[prompts] for name, values in outputs["scores"].items()},
+            {name: values[prompts] for name, values in self.sft_scores.items()},
+            lengths,
+            self.sft_lengths[prompts],
+            {name: values[prompts] for name, values in self.reference_scores.items()}
+            if self.has_references
+            else None,
+        )
+        if outputs["kl"] is not None:
+            wanted = set(prompts.tolist())
+            kept_rows, kept = zip(*[pair for pair in zip(*outputs["kl"], strict=True) if pair[0] in wanted])
+            metrics.update(
+                estimators.kl_metrics(
+                    [sample["kl_exact"] for sample in kept],
+                    [sample["logp_policy"] for sample in kept],
+                    [sample["logp_sft"] for sample in kept],
+                    [sample["tokens"] for sample in kept],
+                    kept_rows,
+                )
+            )
+        texts = [outputs["texts"][line] for line in lines]
+        stopped = [outputs["stopped"][line] for line in lines]
+        metrics.update(response_metrics(lengths.ravel(), texts, self.settings.max_new_tokens, stopped))
+        return metrics
 
     def _run(self, policy, count: int, with_kl: bool) -> tuple[dict, list[dict]]:
-        """Metrics and samples.jsonl records of `policy` on the first `count` prompts."""
+        """Metrics (over all prompts, and over the selection and test parts) and samples.jsonl records of
+        `policy` on the first `count` prompts."""
         samples = self.settings.samples_per_prompt
         rows = self._rows(count)
         times = {}
@@ -274,25 +323,26 @@ class Evaluator:
         start = perf_counter()
         scores = {judge.name: self._scores(judge, rows, texts) for judge in self.judges}
         times["judge"] = perf_counter() - start
-        lengths = np.asarray([response.length for response in responses], dtype=float).reshape(count, samples)
-        metrics = self._judged(
-            {name: values.reshape(count, samples) for name, values in scores.items()},
-            {name: values[:count] for name, values in self.sft_scores.items()},
-            lengths,
-            self.sft_lengths[:count],
-            {name: values[:count] for name, values in self.reference_scores.items()}
-            if self.has_references
-            else None,
-        )
+        outputs = {
+            "scores": {name: values.reshape(count, samples) for name, values in scores.items()},
+            "lengths": np.asarray([r.length for r in responses], dtype=float).reshape(count, samples),
+            "texts": texts,
+            "stopped": [response.ids[: response.length] for response in responses],
+            "kl": None,
+        }
         kl_lines: list[list[dict]] = [[] for _ in rows]
         if with_kl:
             start = perf_counter()
-            kl_metrics, kl_rows, kl_samples = self._kl(policy, count, responses)
-            metrics.update(kl_metrics)
+            outputs["kl"] = kl_rows, kl_samples = self._kl(policy, count, responses)
             for position, (index, sample) in enumerate(zip(kl_rows, kl_samples, strict=True)):
                 kl_lines[position if self.decoding.samples_model else index * samples].append(sample)
             times["kl"] = perf_counter() - start
-        metrics.update(response_metrics(lengths.ravel(), texts, self.settings.max_new_tokens))
+        metrics = self._metrics(np.arange(count), outputs)
+        selection = self.selection[:count] if self.selection[:count].any() else np.ones(count, dtype=bool)
+        for part, chosen in (("selection", selection), ("test", ~selection)):
+            if chosen.any():
+                found = self._metrics(np.flatnonzero(chosen), outputs)
+                metrics[part] = {key: value for key, value in found.items() if not isinstance(value, list)}
         metrics["time_s"] = {name: round(seconds, 3) for name, seconds in times.items()}
         return metrics, self._records(rows, responses, texts, scores, kl_lines)
 

@@ -55,10 +55,34 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+SENTINEL = "posweep-end-of-turn-probe"
+
+
+def end_of_turn_ids(tokenizer) -> list[int]:
+    """The special token the chat template closes an assistant turn with (Llama-3 <|eot_id|>, ChatML
+    <|im_end|>, Gemma <end_of_turn>, Phi-3 <|end|>), found by rendering a turn; empty without a template."""
+    if not tokenizer.chat_template:
+        return []
+    turn = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": SENTINEL}]
+    try:
+        text = tokenizer.apply_chat_template(turn, tokenize=False)
+    except Exception:  # a template that rejects this conversation (e.g. needs a system turn): no probe
+        return []
+    suffix = text.split(SENTINEL, 1)[1].lstrip() if SENTINEL in text else ""
+    ids = tokenizer(suffix, add_special_tokens=False)["input_ids"] if suffix else []
+    special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
+    return ids[:1] if ids and ids[0] in special else []
+
+
 def stop_ids(model, tokenizer) -> list[int]:
-    """Token ids that end a response: the tokenizer's eos and the model's generation_config eos ids."""
+    """Token ids that end a response: the tokenizer's eos, the model's generation_config eos ids, and the
+    chat template's end-of-turn token."""
     configured = getattr(_base_model(model).generation_config, "eos_token_id", None)
-    candidates = [tokenizer.eos_token_id, *(configured if isinstance(configured, list) else [configured])]
+    candidates = [
+        tokenizer.eos_token_id,
+        *(configured if isinstance(configured, list) else [configured]),
+        *end_of_turn_ids(tokenizer),
+    ]
     ids = list(dict.fromkeys(token for token in candidates if token is not None))
     if not ids:
         raise UserError("the policy's tokenizer has no eos token, so responses could never end")
@@ -152,29 +176,100 @@ def generate(
     return [response for response in responses for _ in range(samples // draws)]
 
 
+def _plain_head(base):
+    """The output layer when logits are a plain linear map of the last hidden state, else None."""
+    head = base.get_output_embeddings()
+    config = base.config.get_text_config()
+    scaled = any(getattr(config, name, None) for name in ("final_logit_softcapping", "logit_scale"))
+    return head if isinstance(head, torch.nn.Linear) and not scaled else None
+
+
+def _next_token_logps(model, input_ids, attention_mask, kept: int) -> torch.Tensor:
+    """float32 log-softmax of the next-token distributions at the last `kept` positions before the end.
+
+    The body may run in bf16; the output layer and the log-softmax run in float32.
+    """
+    base = _base_model(model)
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+    head = _plain_head(base)
+    if head is None:
+        keeps_logits = "logits_to_keep" in inspect.signature(base.forward).parameters
+        extra = {"logits_to_keep": kept + 1} if keeps_logits else {}
+        logits = model(**inputs, **extra).logits[:, -(kept + 1) : -1].float()
+    else:
+        hidden = base.get_decoder()(**inputs).last_hidden_state[:, -(kept + 1) : -1]
+        bias = None if head.bias is None else head.bias.float()
+        logits = torch.nn.functional.linear(hidden.float(), head.weight.float(), bias)
+    return logits.log_softmax(-1)
+
+
+def _batches(prompts, responses, batch_size: int, pad_id: int, device):
+    """Left-padded (prompt + response) batches: rows, input ids, mask, response width, response-token mask."""
+    order = sorted(range(len(responses)), key=lambda row: len(prompts[row]) + len(responses[row].ids))
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        kept = max(len(responses[row].ids) for row in batch)
+        sequences = [[*prompts[row], *responses[row].ids] for row in batch]
+        input_ids, attention_mask = _left_padded(sequences, pad_id, device)
+        lengths = torch.tensor([len(responses[row].ids) for row in batch], device=device)
+        scored = torch.arange(kept, device=device)[None, :] >= (kept - lengths)[:, None]
+        yield batch, input_ids, attention_mask, kept, scored
+
+
 def sequence_logps(
     model, prompts: Sequence[Sequence[int]], responses: Sequence[Response], batch_size: int, pad_id: int
 ) -> list[float]:
     """log π(response | prompt) of each pair: a teacher-forced pass, summed over the response tokens."""
-    device = _device(model)
-    keeps_logits = "logits_to_keep" in inspect.signature(_base_model(model).forward).parameters
-    order = sorted(range(len(responses)), key=lambda row: len(prompts[row]) + len(responses[row].ids))
     totals = [0.0] * len(responses)
     with _inference(model):
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
-            kept = max(len(responses[row].ids) for row in batch)
-            sequences = [[*prompts[row], *responses[row].ids] for row in batch]
-            input_ids, attention_mask = _left_padded(sequences, pad_id, device)
-            position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-            extra = {"logits_to_keep": kept + 1} if keeps_logits else {}
-            logits = model(
-                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **extra
-            )
-            logits = logits.logits[:, -(kept + 1) : -1].float()
-            logps = logits.log_softmax(-1).gather(-1, input_ids[:, -kept:, None]).squeeze(-1)
-            lengths = torch.tensor([len(responses[row].ids) for row in batch], device=device)
-            scored = torch.arange(kept, device=device)[None, :] >= (kept - lengths)[:, None]
+        for batch, input_ids, attention_mask, kept, scored in _batches(
+            prompts, responses, batch_size, pad_id, _device(model)
+        ):
+            logps = _next_token_logps(model, input_ids, attention_mask, kept)
+            logps = logps.gather(-1, input_ids[:, -kept:, None]).squeeze(-1)
             for row, total in zip(batch, torch.where(scored, logps, 0.0).sum(-1).tolist(), strict=True):
                 totals[row] = total
     return totals
+
+
+@dataclass(frozen=True)
+class TeacherForced:
+    """One sampled response under the policy and the SFT model: both log-probabilities, and the exact
+    next-token KL(π‖π_SFT) summed along it (every response position, the stop token's included)."""
+
+    logp_policy: float
+    logp_sft: float
+    kl_exact: float
+
+
+def teacher_forced_kl(
+    policy,
+    sft,
+    prompts: Sequence[Sequence[int]],
+    responses: Sequence[Response],
+    batch_size: int,
+    pad_id: int,
+) -> list[TeacherForced]:
+    """Both models' teacher-forced passes over the same responses, batch by batch.
+
+    Σ_t KL(π(·|x, y<t) ‖ π_SFT(·|x, y<t)) along y ~ π has expectation KL(π‖π_SFT) over whole responses
+    (the chain rule), with far less variance than log π(y|x) − log π_SFT(y|x).
+    """
+    results: list[TeacherForced | None] = [None] * len(responses)
+    with _inference(policy), _inference(sft):
+        for batch, input_ids, attention_mask, kept, scored in _batches(
+            prompts, responses, batch_size, pad_id, _device(policy)
+        ):
+            policy_logps = _next_token_logps(policy, input_ids, attention_mask, kept)
+            sft_logps = _next_token_logps(
+                sft, input_ids.to(_device(sft)), attention_mask.to(_device(sft)), kept
+            )
+            sft_logps = sft_logps.to(policy_logps.device)
+            kl = (policy_logps.exp() * (policy_logps - sft_logps)).sum(-1)
+            targets = input_ids[:, -kept:, None]
+            chosen = [logps.gather(-1, targets).squeeze(-1) for logps in (policy_logps, sft_logps)]
+            sums = [torch.where(scored, values, 0.0).sum(-1).tolist() for values in (*chosen, kl)]
+            for row, lp, ls, k in zip(batch, *sums, strict=True):
+                results[row] = TeacherForced(lp, ls, k)
+    return results

@@ -1,4 +1,4 @@
-"""Token ids as TRL builds them: evaluation prompts, preference pairs, and the inputs judges read."""
+"""Token ids as TRL builds them: evaluation prompts and preference pairs."""
 
 from __future__ import annotations
 
@@ -24,26 +24,6 @@ def encode_prompt(tokenizer, prompt: str | list[dict]) -> list[int]:
     if not ids:
         raise UserError(f"evaluation prompt {prompt!r} is empty once tokenized")
     return list(ids)
-
-
-def _prompt_text(prompt: str | list[dict]) -> str:
-    return prompt if isinstance(prompt, str) else "\n".join(message["content"] for message in prompt)
-
-
-def sequence_ids(tokenizer, prompt: str | list[dict], response: str, max_length: int) -> list[int]:
-    """Token ids a reward model reads for one (prompt, response) pair, truncated to max_length."""
-    if tokenizer.chat_template:
-        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-        text = tokenizer.apply_chat_template(
-            [*messages, {"role": "assistant", "content": response}], tokenize=False
-        )
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    else:
-        text = _prompt_text(prompt) + response
-        if tokenizer.eos_token and not text.endswith(tokenizer.eos_token):
-            text += tokenizer.eos_token
-        ids = tokenizer(text)["input_ids"]
-    return ids[-max_length:] if tokenizer.truncation_side == "left" else ids[:max_length]
 
 
 def _common_prefix_length(ids: Sequence[int], other: Sequence[int]) -> int:

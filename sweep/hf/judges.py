@@ -3,11 +3,10 @@
 A reward model is a one-logit sequence classifier; a callable is `module:function(prompts, responses) ->
 scores`. The first judge of a recipe is the primary one.
 
-A reward model reads each pair through its own tokenizer: with a chat template, the conversation
-[user prompt (or the prompt's own messages), assistant response] rendered by `apply_chat_template`;
-without one, prompt text + response text + the eos token, the format TRL's RewardTrainer trains on.
-Sequences are truncated to `max_length` (on the tokenizer's truncation side), right-padded in batches,
-and scored at their last non-pad token.
+A reward model reads each pair through its own tokenizer in its input format (`sweep.hf.judgeinputs`:
+pair, chat or raw), truncated to `max_length`, right-padded in batches. Its head runs in float32 whatever
+the body's dtype. A decoder reward model (a per-token `score` head) is read at the last token of the
+attention mask, whatever its config's pad id; a cross-encoder pools as it was built (its first token).
 """
 
 from __future__ import annotations
@@ -18,11 +17,12 @@ import numbers
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
 from sweep.errors import UserError
-from sweep.hf.formats import sequence_ids
+from sweep.hf.judgeinputs import JudgeInput, judge_input, recorded_format, resolve_format
 from sweep.hf.loading import judge_device, judge_dtype, with_pad_token
 from sweep.io import first_line
 from sweep.spec.recipe import JudgeSpec
@@ -30,6 +30,8 @@ from sweep.spec.recipe import JudgeSpec
 
 class Judge:
     """A named scorer: `score(prompts, responses)` returns one finite float per response."""
+
+    format = "callable"
 
     def __init__(self, name: str, primary: bool):
         self.name = name
@@ -121,15 +123,19 @@ class RewardModelJudge(Judge):
         text_config = self.model.config.get_text_config()
         if text_config.pad_token_id is None:
             text_config.pad_token_id = self.pad_id
+        recorded = recorded_format(path) if Path(path).is_dir() else None
+        try:
+            self.format = resolve_format(spec.format, self.tokenizer, recorded)
+        except UserError as error:
+            raise UserError(f"judge {spec.name}: {error}") from None
+        float32_heads(self.model)
 
     def _score(self, prompts: list, responses: list[str]) -> list[float]:
-        from sweep.hf.judges import score_ids
-
-        sequences = [
-            sequence_ids(self.tokenizer, prompt, response, self.spec.max_length)
+        inputs = [
+            judge_input(self.tokenizer, self.format, prompt, response, self.spec.max_length)
             for prompt, response in zip(prompts, responses, strict=True)
         ]
-        return score_ids(self.model, self.pad_id, sequences, self.spec.batch_size)
+        return score_inputs(self.model, self.pad_id, inputs, self.spec.batch_size)
 
 
 def load_judges(specs: Sequence[JudgeSpec], device=None) -> list[Judge]:
@@ -142,19 +148,60 @@ def load_judges(specs: Sequence[JudgeSpec], device=None) -> list[Judge]:
     ]
 
 
+def _to_float32(module, args):
+    return tuple(a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
+
+
+def float32_heads(model) -> None:
+    """Run every module outside the model's body (the reward head, a pooler beside it) in float32."""
+    for name, child in model.named_children():
+        if name != model.base_model_prefix and any(True for _ in child.parameters()):
+            child.float()
+            child.register_forward_pre_hook(_to_float32)
+
+
+def _token_head(model):
+    """The per-token score head of a decoder reward model, or None for a model that pools itself."""
+    head = getattr(model, "score", None)
+    return head if isinstance(head, torch.nn.Linear) else None
+
+
+def rewards(model, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
+    """One float32 reward per right-padded row: a decoder's head at its last attended token, else the
+    model's own pooled logit."""
+    head = _token_head(model)
+    if head is None:
+        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        return model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits[:, 0].float()
+    body = getattr(model, model.base_model_prefix)
+    hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    last = attention_mask.sum(-1) - 1
+    pooled = hidden[torch.arange(len(hidden), device=hidden.device), last]
+    return head(pooled.float())[:, 0].float()
+
+
 @torch.no_grad()
-def score_ids(model, pad_token_id: int, sequences: list[list[int]], batch_size: int = 32) -> list[float]:
-    """Reward of each token-id sequence, in right-padded batches as in training."""
+def score_inputs(model, pad_token_id: int, inputs: list[JudgeInput], batch_size: int = 32) -> list[float]:
+    """Reward of each judge input, in right-padded batches as in training."""
     model.eval()
     device = next(model.parameters()).device
     scores: list[float] = []
-    for start in range(0, len(sequences), batch_size):
-        batch = sequences[start : start + batch_size]
-        input_ids = torch.full((len(batch), max(map(len, batch))), pad_token_id, dtype=torch.long)
+    for start in range(0, len(inputs), batch_size):
+        batch = inputs[start : start + batch_size]
+        width = max(len(item.input_ids) for item in batch)
+        input_ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros_like(input_ids)
-        for row, ids in enumerate(batch):
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            attention_mask[row, : len(ids)] = 1
-        logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
-        scores += logits[:, 0].float().tolist()
+        types = torch.zeros_like(input_ids) if batch[0].token_type_ids is not None else None
+        for row, item in enumerate(batch):
+            input_ids[row, : len(item.input_ids)] = torch.tensor(item.input_ids)
+            attention_mask[row, : len(item.input_ids)] = 1
+            if types is not None:
+                types[row, : len(item.input_ids)] = torch.tensor(item.token_type_ids)
+        found = rewards(
+            model,
+            input_ids.to(device),
+            attention_mask.to(device),
+            None if types is None else types.to(device),
+        )
+        scores += found.tolist()
     return scores

@@ -23,6 +23,7 @@ from sweep.report.robustness import (
     BUDGETS,
     Objective,
     expected_best_of_k,
+    grid_warnings,
     group_columns,
     group_labels,
     resolve_objective,
@@ -41,7 +42,7 @@ __all__ = [
 ]
 
 
-def _print_table(robustness: pd.DataFrame, objective: Objective, console) -> None:
+def _print_table(robustness: pd.DataFrame, objective: Objective, console, warnings: list[str]) -> None:
     from rich import box
     from rich.console import Console
     from rich.table import Table
@@ -49,33 +50,42 @@ def _print_table(robustness: pd.DataFrame, objective: Objective, console) -> Non
     console = console or Console()
     table = Table(
         title=f"{objective.metric} ({objective.direction}) per method",
-        caption="done: finished/all trials; failed: failed or diverged; E@k: expected best of k random tries",
+        caption="done: finished/all trials; E@k: expected best of k random tries; held-out: the test-part "
+        "value of the trial the selection part picks\n" + objective.rule,
         box=box.SIMPLE_HEAD,
         pad_edge=False,
     )
     labels = [c for c in ("sweep", "method", "variant") if c in robustness.columns]
     numbers = {"best": "best", "median": "median", "mean": "mean", "iqr": "IQR"}
     numbers.update({f"expected_best_k{k}": f"E@{k}" for k in BUDGETS if k > 1})
+    numbers.update({"best_selected_test": "best held-out", "expected_best_k3_test": "E@3 held-out"})
     for column in labels:
         table.add_column(column, no_wrap=True)
-    for header in ("done", "failed", *numbers.values()):
+    for header in ("done", "diverged", "failed", "pruned", *numbers.values()):
         table.add_column(header, justify="right", no_wrap=True)
     for row in robustness.to_dict("records"):
         done = f"{row['n_trials'] - row['n_running']}/{row['n_trials']}"
-        failed = str(row["n_failed"] + row["n_diverged"])
+        counts = [str(row[f"n_{state}"]) for state in ("diverged", "failed", "pruned")]
         stats = ["–" if pd.isna(row[c]) else f"{row[c]:.3g}" for c in numbers]
-        table.add_row(*(str(row[c]) for c in labels), done, failed, *stats)
+        table.add_row(*(str(row[c]) for c in labels), done, *counts, *stats)
     console.print(table)
+    for warning in warnings:
+        console.print(f"warning: {warning}")
 
 
 def build_report(
-    sweep_dirs: list[Path], out: Path | None = None, metric: str | None = None, console=None
+    sweep_dirs: list[Path],
+    out: Path | None = None,
+    metric: str | None = None,
+    console=None,
+    failures_as_worst: bool = False,
 ) -> Path:
     """Write trials.csv, robustness.csv, figures and index.html for the sweeps; return the report folder."""
     sweeps = load_sweeps(sweep_dirs)
-    trials, objective = resolve_objective(sweeps, read_trials(sweeps), metric)
+    trials, objective = resolve_objective(sweeps, read_trials(sweeps), metric, failures_as_worst)
     columns = group_columns(trials)
     robustness = robustness_table(trials, objective, columns)
+    warnings = grid_warnings(robustness)
     report_dir = Path(out) if out is not None else sweeps[0].path / "report"
     write_text(report_dir / "trials.csv", trials.to_csv(index=False))
     write_text(report_dir / "robustness.csv", robustness.to_csv(index=False))
@@ -84,6 +94,7 @@ def build_report(
         trials, objective, group_labels(trials, columns), scored_values(trials, objective), references
     )
     figures = draw_figures(data, report_dir / "figures")
-    write_text(report_dir / "index.html", render_html(sweeps, trials, objective, robustness, figures))
-    _print_table(robustness, objective, console)
+    page = render_html(sweeps, trials, objective, robustness, figures, warnings)
+    write_text(report_dir / "index.html", page)
+    _print_table(robustness, objective, console, warnings)
     return report_dir

@@ -29,7 +29,7 @@ from sweep.report.canvas import (
     use_agg,
 )
 from sweep.report.load import param_columns
-from sweep.report.robustness import PENALIZED_STATES, expected_best_band, expected_best_of_k
+from sweep.report.robustness import expected_best_band, expected_best_of_k
 
 LEARNING_RATE = "param.learning_rate"
 
@@ -67,9 +67,12 @@ def performance_hist(data: PlotData):
             edgecolor="white",
         )
         ax.axvline(group_values.median(), color="black", linestyle="--", linewidth=1, label="median")
-        failed = int(data.trials.loc[selected, "state"].isin(PENALIZED_STATES).sum())
+        states = data.trials.loc[selected, "state"]
         trials = "trial" if len(group_values) == 1 else "trials"
-        ax.set_title(f"{group}\n{len(group_values)} {trials}, {failed} failed/diverged", fontsize=9)
+        failed = int((states == "failed").sum())
+        failed_note = "in" if data.objective.failures_as_worst else "left out"
+        title = f"{group}\n{len(group_values)} {trials}, {int((states == 'diverged').sum())} diverged"
+        ax.set_title(f"{title}, {failed} failed ({failed_note})", fontsize=9)
         if index % columns == 0:
             ax.set_ylabel("share of trials (%)")
         if index + columns >= len(groups):
@@ -82,13 +85,14 @@ def performance_hist(data: PlotData):
     caption = (
         f"Distribution of {data.objective.metric} over every trial of each method on one shared scale: "
         "a method whose mass sits near its best is robust to its hyperparameters, a wide or left-heavy "
-        "histogram means many settings give a poor model (failed and diverged trials sit at the worst value)."
+        f"histogram means many settings give a poor model. {data.objective.rule}"
     )
     return fig, caption
 
 
 def _distribution(data: PlotData, column: str, title: str, caption: str, references: dict[str, float]):
-    """Box plot with one dot per trial of `column` for each group, with optional SFT reference lines."""
+    """Box plot with one dot per trial of `column` for each group, with optional SFT reference lines, and
+    ±1 standard error bars where the trials recorded `column`_se."""
     if column not in data.trials.columns:
         return None
     per_group = {g: data.trials.loc[data.labels == g, column].dropna() for g in data.groups}
@@ -110,6 +114,9 @@ def _distribution(data: PlotData, column: str, title: str, caption: str, referen
         jitter = position + rng.uniform(-0.2, 0.2, len(values))
         label = "one trial" if position == 0 else None
         scatter(ax, jitter, values, color=data.color(group), label=label, **style)
+        if f"{column}_se" in data.trials.columns:
+            errors = data.trials.loc[values.index, f"{column}_se"].astype(float)
+            ax.errorbar(jitter, values, yerr=errors, fmt="none", ecolor=data.color(group), elinewidth=0.8)
     ax.boxplot(
         list(per_group.values()),
         positions=range(len(groups)),
@@ -150,8 +157,9 @@ def kl_dist(data: PlotData):
         data,
         "kl_to_sft",
         "KL divergence to the SFT model per trial",
-        "KL divergence of each trial's policy to the SFT model (nats per response), per method: "
-        "higher means the method moved further from its starting point.",
+        "KL divergence of each trial's policy to the SFT model (nats per response: the exact next-token KL "
+        "summed along policy samples; bars: ±1 standard error over prompts), per method: higher means the "
+        "method moved further from its starting point.",
         {},
     )
 
@@ -289,8 +297,8 @@ def _sensitivity(data: PlotData, method: str, column: str):
     lines = list(frame.groupby(["group", "lr"], dropna=False, sort=True))
     several_groups = frame["group"].nunique() > 1
     labels = [_line_label(group, lr, several_groups) for (group, lr), _ in lines]
-    failed = frame[trials.loc[frame.index, "state"].isin(PENALIZED_STATES)]
-    failed_label = "failed/diverged (scored as worst)"
+    failed = frame[trials.loc[frame.index, "state"].isin(data.objective.penalized_states)]
+    failed_label = "/".join(data.objective.penalized_states) + " (scored as worst)"
     fig, ax = figure(5.2, 3.6, [*labels, failed_label] if len(failed) else labels)
     rates = sorted(frame["lr"].dropna().unique())
     groups = sorted(frame["group"].unique())
@@ -316,8 +324,9 @@ def _sensitivity(data: PlotData, method: str, column: str):
     lines_note = "one line per learning rate, " if by_rate else ""
     caption = (
         f"{method}'s {data.objective.metric} as {name} varies ({lines_note}mean over seeds and the other "
-        "hyperparameters, band: ±1 standard deviation, red crosses: failed or diverged trials): a flat line "
-        f"means the method tolerates a poorly chosen {name}, a peaked one that {name} must be tuned."
+        "hyperparameters, band: ±1 standard deviation, red crosses: trials scored as the worst value): "
+        f"a flat line means the method tolerates a poorly chosen {name}, a peaked one that {name} must be "
+        "tuned."
     )
     return fig, caption
 

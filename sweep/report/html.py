@@ -10,7 +10,7 @@ import pandas as pd
 from sweep.io import utc_now
 from sweep.report.canvas import FigureFile
 from sweep.report.load import SweepInfo, SweepProgress, sweep_progress
-from sweep.report.robustness import NEAR_BEST, Objective
+from sweep.report.robustness import NEAR_BEST, TRUNCATION_FLAG, Objective
 from sweep.spec import metrics
 
 CSS = """
@@ -59,18 +59,65 @@ def _failure_note(objective: Objective) -> str:
         worst = f"{objective.worst:g} (a {found.label} of {objective.worst:g})"
     else:
         extreme = "lowest" if objective.maximize else "highest"
-        worst = f"{objective.worst:.4g} (the {extreme} value any trial of the report reached)"
-    return (
-        '<p class="note"><strong>Failed and diverged trials count.</strong> A trial that crashed (exception, '
-        "out of memory) or diverged (NaN loss) enters every distribution, statistic and figure as the worst "
-        f"value, {escape(worst)}: it is what a practitioner risks by picking that setting. Pruned trials "
-        "keep the last objective they reported (the worst value if they reported none); running and "
-        "interrupted trials are counted but left out of the distributions. The “within "
-        f"{NEAR_BEST}” columns give the fraction of scored trials within {NEAR_BEST} (absolute) of the "
-        "method's own best and of the best in the whole report; “expected best k” (columns "
-        "expected_best_k1, _k3, _k5) is the expected best of k trials drawn at random without "
-        "replacement (empty when the method has fewer than k).</p>"
+        worst = f"{objective.worst:.4g} (the {extreme} value a complete trial of the report reached)"
+    failed = (
+        "<strong>Failed trials count too</strong> (<code>--failures-as-worst</code>): a crash "
+        "(exception, out of memory, a dead worker) enters the distributions as the worst value."
+        if objective.failures_as_worst
+        else "<strong>Failed trials are left out</strong>: a crash (exception, out of memory, a dead worker) "
+        "says more about the machine than the method; they are counted and listed below "
+        "(<code>posweep report --failures-as-worst</code> counts them as the worst value)."
     )
+    return (
+        '<p class="note"><strong>Diverged trials count.</strong> A trial whose loss became NaN/inf enters '
+        f"every distribution, statistic and figure as the worst value, {escape(worst)}: it is what a "
+        f"practitioner risks by picking that setting. {failed} Pruned trials (stopped early on a quick "
+        "objective), running and interrupted trials are counted but left out of the distributions, for "
+        "every metric. Distributions use all evaluation prompts. The best trial is picked on the "
+        "selection part of the prompts and scored on the held-out test part (“best selected test”, "
+        "“expected best k… test”), beside the in-sample values, which are biased upward (the winner's "
+        f"curse). The “within {NEAR_BEST}” columns give the fraction of scored trials within {NEAR_BEST} "
+        "(absolute) of the method's own best and of the best in the whole report; “expected best k” "
+        "(columns expected_best_k1, _k3, _k5) is the expected best of k trials drawn at random without "
+        "replacement (empty when the method has fewer than k); “span.NAME” is each hyperparameter's "
+        "grid span, max/min.</p>"
+    )
+
+
+def _listed(trials: pd.DataFrame, title: str, mask: pd.Series, detail) -> str:
+    """A short list of trials (id, method, detail) under a heading; empty when none."""
+    if not mask.any():
+        return ""
+    items = "".join(
+        f"<li><code>{escape(str(row['trial_id']))}</code> ({escape(str(row['method']))}): "
+        f"{escape(detail(row))}</li>"
+        for _, row in trials[mask].iterrows()
+    )
+    return f"<p><strong>{escape(title)}</strong> ({int(mask.sum())})</p><ul>{items}</ul>"
+
+
+def _trial_lists(trials: pd.DataFrame, warnings: list[str]) -> str:
+    notes = "".join(f'<p class="running"><strong>Warning:</strong> {escape(w)}.</p>' for w in warnings)
+    failed = _listed(
+        trials,
+        "Failed trials",
+        trials["state"] == "failed",
+        lambda row: (
+            f"{row.get('error_reason') or 'exception'}: {row.get('error_type') or ''} "
+            f"{row.get('error_message') or ''}".strip()
+        ),
+    )
+    pruned = _listed(trials, "Pruned trials", trials["state"] == "pruned", lambda row: "stopped early")
+    flagged = pd.Series(False, trials.index)
+    if "truncated_fraction" in trials.columns:
+        flagged = pd.to_numeric(trials["truncated_fraction"], errors="coerce") > TRUNCATION_FLAG
+    truncated = _listed(
+        trials,
+        f"Trials with more than {TRUNCATION_FLAG:.0%} of responses cut at max_new_tokens",
+        flagged,
+        lambda row: f"truncated_fraction {row['truncated_fraction']:.2f}: their lengths measure the cap",
+    )
+    return notes + failed + pruned + truncated
 
 
 def _figure_html(figure: FigureFile) -> str:
@@ -123,6 +170,7 @@ def render_html(
     objective: Objective,
     robustness: pd.DataFrame,
     figures: list[FigureFile],
+    warnings: list[str] = (),
 ) -> str:
     """The whole report page as one string."""
     names = ", ".join(s.name for s in sweeps)
@@ -142,6 +190,7 @@ Generated {utc_now()}. Tables: <a href="robustness.csv">robustness.csv</a>,
 <h2>Robustness per method</h2>
 {_failure_note(objective)}
 <div class="scroll">{table}</div>
+{_trial_lists(trials, list(warnings))}
 <h2>Figures</h2>
 {figure_html}
 <h2>Recipe</h2>

@@ -17,16 +17,38 @@ from sweep.spec import metrics
 
 NEAR_BEST = 0.05
 BUDGETS = (1, 3, 5)
-PENALIZED_STATES = ("failed", "diverged")
+TRUNCATION_FLAG = 0.1
+SPAN_WARNING = 2.0
+SELECTED, HELD_OUT = "objective_selection", "objective_test"
 
 
 @dataclass(frozen=True)
 class Objective:
-    """The metric the report ranks trials by, its direction, and the value a failed trial counts as."""
+    """The metric the report ranks trials by, its direction, the value a penalized trial counts as, and
+    whether failed trials (infrastructure: exceptions, OOM, dead workers) are penalized like diverged ones."""
 
     metric: str
     maximize: bool
     worst: float
+    failures_as_worst: bool = False
+
+    @property
+    def penalized_states(self) -> tuple[str, ...]:
+        """The states that enter the distributions as the worst value."""
+        return ("failed", "diverged") if self.failures_as_worst else ("diverged",)
+
+    @property
+    def rule(self) -> str:
+        """The counting rule in one sentence, for the report."""
+        failed = (
+            "failed trials (exception, out of memory, dead worker) too, as asked with --failures-as-worst"
+            if self.failures_as_worst
+            else "failed trials (exception, out of memory, dead worker) are counted and listed but left out"
+        )
+        return (
+            f"Diverged trials (NaN/inf loss) enter every distribution as the worst value, {self.worst:.4g}; "
+            f"{failed}; pruned, running and interrupted trials are counted but left out."
+        )
 
     @property
     def direction(self) -> str:
@@ -52,9 +74,10 @@ def _worst_value(metric: str, maximize: bool, observed: pd.Series) -> float:
 
 
 def resolve_objective(
-    sweeps: list[SweepInfo], trials: pd.DataFrame, metric: str | None
+    sweeps: list[SweepInfo], trials: pd.DataFrame, metric: str | None, failures_as_worst: bool = False
 ) -> tuple[pd.DataFrame, Objective]:
-    """Pick the objective (sweep.json's, or `metric`); return the trials with it in "objective", and it."""
+    """Pick the objective (sweep.json's, or `metric`); return the trials with its value over all prompts in
+    "objective" (and over the selection and test parts, where recorded, in SELECTED and HELD_OUT), and it."""
     declared = {(s.meta.get("objective") or {}).get("metric") for s in sweeps}
     sweep_maximize = (sweeps[0].meta.get("objective") or {}).get("direction", "maximize") == "maximize"
     if metric is None:
@@ -67,7 +90,7 @@ def resolve_objective(
         maximize = sweep_maximize
         values = trials["objective"]
         if metric in trials.columns:
-            values = values.fillna(pd.to_numeric(trials[metric], errors="coerce"))
+            values = pd.to_numeric(trials[metric], errors="coerce").fillna(values)
     else:
         known = metric_columns(trials)
         if (trials["state"] != RUNNING).any() and metric not in known:
@@ -76,21 +99,27 @@ def resolve_objective(
             raise UserError(f"unknown metric '{metric}' ({hint})")
         maximize = sweep_maximize if declared == {metric} else metrics.maximized(metric)
         values = trials[metric].astype(float) if metric in trials.columns else pd.Series(np.nan, trials.index)
-    trials = trials.assign(objective=values)
-    return trials, Objective(metric, maximize, _worst_value(metric, maximize, values))
+    parts = {
+        column: pd.to_numeric(trials[f"{part}.{metric}"], errors="coerce")
+        if f"{part}.{metric}" in trials.columns
+        else pd.Series(np.nan, trials.index)
+        for column, part in ((SELECTED, "selection"), (HELD_OUT, "test"))
+    }
+    trials = trials.assign(objective=values, **parts)
+    complete = values.where(trials["state"] == "complete")
+    return trials, Objective(metric, maximize, _worst_value(metric, maximize, complete), failures_as_worst)
 
 
 def scored_values(trials: pd.DataFrame, objective: Objective) -> pd.Series:
     """Each trial's value in the robustness distribution; NaN for trials outside it.
 
-    Complete trials count with their objective; failed and diverged trials with the worst value; pruned
-    trials with the objective they last reported, else the worst value; running and interrupted trials
-    are not in the distribution.
+    Complete trials count with their objective (over all prompts); diverged trials (and failed ones with
+    `failures_as_worst`) with the worst value; pruned, running, interrupted and (by default) failed trials
+    are not in the distribution, whatever the metric.
     """
     state = trials["state"]
-    values = trials["objective"].where(state.isin(["complete", "pruned"]))
-    penalized = state.isin(PENALIZED_STATES) | ((state == "pruned") & values.isna())
-    return values.mask(penalized, objective.worst)
+    values = trials["objective"].where(state == "complete")
+    return values.mask(state.isin(objective.penalized_states), objective.worst)
 
 
 def group_columns(trials: pd.DataFrame) -> list[str]:
@@ -201,18 +230,85 @@ def _group_row(group: pd.DataFrame, scored: pd.Series, objective: Objective, ove
     row[f"frac_within_{NEAR_BEST}_of_method_best"] = near_method
     row[f"frac_within_{NEAR_BEST}_of_overall_best"] = near_overall
     row.update({f"expected_best_k{k}": value for k, value in zip(BUDGETS, budget)})
+    row.update(_held_out(group, objective))
     complete = group[group["state"] == "complete"]
     for column, name in (("length_mean", "mean_length_tokens"), ("kl_to_sft", "mean_kl_to_sft")):
         row[name] = complete[column].mean() if column in complete.columns else np.nan
-    measured = group["objective"].where(group["state"].isin(["complete", "pruned"])).dropna()
-    if measured.empty:
+    truncated = complete["truncated_fraction"] if "truncated_fraction" in complete.columns else pd.Series()
+    row[f"n_truncated_over_{TRUNCATION_FLAG}"] = int((truncated > TRUNCATION_FLAG).sum())
+    picked = _selection_values(complete).dropna()
+    if picked.empty:
         row["best_trial"] = row["best_params"] = None
     else:
-        top = group.loc[measured.idxmax() if objective.maximize else measured.idxmin()]
+        top = group.loc[picked.idxmax() if objective.maximize else picked.idxmin()]
         row["best_trial"] = top["trial_id"]
         params = [c for c in param_columns(group) if group[c].notna().any()]
         row["best_params"] = _best_params(top, params)
+    row.update(grid_spans(group))
     return row
+
+
+def _selection_values(trials: pd.DataFrame) -> pd.Series:
+    """The value that picks the best trial: the selection part's, else (older sweeps) all prompts'."""
+    return trials[SELECTED].fillna(trials["objective"]) if SELECTED in trials else trials["objective"]
+
+
+def held_out_best_of_k(
+    selection: Sequence[float], test: Sequence[float], ks: Sequence[int], maximize: bool = True
+) -> np.ndarray:
+    """Expected test-part value of the trial the selection part picks among k drawn at random without
+    replacement: Σ_i test_(i) · C(i−1, k−1) / C(N, k), trials sorted by their selection value."""
+    sign = 1.0 if maximize else -1.0
+    order = np.argsort(sign * np.asarray(selection, dtype=float), kind="stable")
+    held = np.asarray(test, dtype=float)[order]
+    ks = np.asarray(ks, dtype=int)
+    out = np.full(len(ks), np.nan)
+    inside = (ks >= 1) & (ks <= len(held))
+    if inside.any():
+        out[inside] = held @ max_of_k_weights(len(held), ks[inside])
+    return out
+
+
+def _held_out(group: pd.DataFrame, objective: Objective) -> dict:
+    """The best trial as the selection part picks it, in-sample and on the test part, and the held-out
+    expected best of k (complete trials with both parts recorded)."""
+    names = ["best_selected_in_sample", "best_selected_test", *(f"expected_best_k{k}_test" for k in BUDGETS)]
+    if SELECTED not in group:
+        return dict.fromkeys(names, np.nan)
+    both = group[(group["state"] == "complete") & group[SELECTED].notna() & group[HELD_OUT].notna()]
+    if both.empty:
+        return dict.fromkeys(names, np.nan)
+    top = both[SELECTED].idxmax() if objective.maximize else both[SELECTED].idxmin()
+    budget = held_out_best_of_k(both[SELECTED], both[HELD_OUT], BUDGETS, objective.maximize)
+    return dict(zip(names, [both.loc[top, "objective"], both.loc[top, HELD_OUT], *budget]))
+
+
+def grid_spans(group: pd.DataFrame) -> dict:
+    """Each positive swept hyperparameter's span in the group: max/min (how wide its grid is, log scale)."""
+    spans = {}
+    for column in param_columns(group):
+        values = pd.to_numeric(group[column], errors="coerce").dropna()
+        if len(values) and (values > 0).all() and column != "param.seed":
+            spans["span." + column.removeprefix("param.")] = float(values.max() / values.min())
+    return spans
+
+
+def grid_warnings(robustness: pd.DataFrame) -> list[str]:
+    """A warning when methods compared side by side differ in learning-rate span by over SPAN_WARNING×."""
+    column = "span.learning_rate"
+    if column not in robustness or robustness[column].notna().sum() < 2:
+        return []
+    labels = [c for c in ("sweep", "method", "variant") if c in robustness]
+    names = robustness[labels].astype(str).agg(" · ".join, axis=1)
+    spans = robustness[column].set_axis(names).dropna()
+    widest, narrowest = spans.idxmax(), spans.idxmin()
+    if spans.max() / spans.min() <= SPAN_WARNING:
+        return []
+    return [
+        f"learning-rate grids differ: {widest} spans {spans.max():.3g}× and {narrowest} {spans.min():.3g}× "
+        f"(more than {SPAN_WARNING:g}× apart); IQR, “within {NEAR_BEST}” and expected best of k depend on "
+        "grid width, so compare these methods on equal spans"
+    ]
 
 
 def robustness_table(trials: pd.DataFrame, objective: Objective, columns: list[str]) -> pd.DataFrame:

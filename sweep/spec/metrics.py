@@ -53,7 +53,18 @@ CATALOG: dict[str, Metric] = {
         Metric("judge_score_mean", "mean judge score", "judge units", "maximize"),
         Metric("kl_to_sft", "KL to SFT", "nats per response", "minimize"),
         Metric("kl_to_sft_per_token", "KL to SFT per token", "nats/token", "minimize"),
+        Metric("kl_to_sft_mc", "KL to SFT, log-ratio estimate", "nats per response", "minimize"),
+        Metric("kl_to_sft_per_token_mc", "KL to SFT per token, log-ratio estimate", "nats/token", "minimize"),
         Metric("length_mean", "mean response length", "tokens", "minimize", 0.0),
+        Metric(
+            "repeated_3gram_fraction",
+            "repeated 3-grams",
+            "fraction of a response's 3-grams",
+            "minimize",
+            0.0,
+            1.0,
+        ),
+        Metric("truncated_fraction", "truncated responses", "fraction", "minimize", 0.0, 1.0),
     )
 }
 OBJECTIVES = tuple(CATALOG)

@@ -158,6 +158,9 @@ class JudgeSpec(Strict):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     max_length: PositiveInt = 1024
     trust_remote_code: bool = False
+    format: Literal["auto", "pair", "chat", "raw"] = Field(
+        "auto", description="reward-model input: text pair, own chat template, or prompt + response + eos"
+    )
 
     @model_validator(mode="after")
     def _one_kind(self) -> JudgeSpec:
@@ -165,6 +168,8 @@ class JudgeSpec(Strict):
             raise ValueError("give exactly one of reward_model and callable")
         if self.callable is not None and not CALLABLE.match(self.callable):
             raise ValueError(f"callable must look like module.path:function, got {self.callable!r}")
+        if self.callable is not None and self.format != "auto":
+            raise ValueError("format applies to reward_model judges only")
         if self.name is not None and not SAFE_NAME.match(self.name):
             raise ValueError(f"name must be letters, digits, '.', '_' or '-', got {self.name!r}")
         if self.name is None:
@@ -262,6 +267,10 @@ class EvalSpec(Strict):
     objective: str = "win_rate_vs_sft"
     every_steps: PositiveInt | None = Field(None, description="quick evaluation every N steps (pruning)")
     quick_prompts: PositiveInt = 32
+    selection_fraction: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.5, description="share of the prompts whose metrics pick the best trial; the rest test it"
+    )
+    selection_seed: int = Field(0, description="seed of the index hash that splits selection from test")
 
     @property
     def direction(self) -> Literal["maximize", "minimize"]:
