@@ -58,7 +58,7 @@ from sweep.io import file_lock, json_digest, package_versions, utc_now
 from sweep.results import SftBaseline, SweepFolder, TrialFolder
 from sweep.spec.recipe import Recipe
 
-BASELINE_FORMAT = 1
+BASELINE_FORMAT = 2
 BASELINE_FIELDS = (
     "max_new_tokens",
     "do_sample",
