@@ -16,6 +16,7 @@ from sweep.evaluate.evaluator import Evaluator
 from sweep.evaluate.generation import Decoding, generate, sequence_logps, stop_ids, teacher_forced_kl
 from sweep.hf.formats import encode_prompt
 from sweep.io import read_jsonl
+from sweep.spec.metrics import selection_value
 from sweep.spec.recipe import Recipe
 
 WORDS = ["a", "b", "c", "d", ":", "user", "assistant"]
@@ -348,7 +349,7 @@ def test_quick_evaluation_and_objective(sweep_env, tokenizer, tmp_path):
     assert value == stats.win_rate(
         [line["words"] for line in lines], [line["len.sft_score"] for line in lines]
     )
-    assert ev.objective(metrics) == metrics["selection"]["len.win_rate_vs_sft"]
+    assert ev.objective(metrics) == metrics["len.win_rate_vs_sft"]
     assert math.isnan(ev.objective({}))
 
 
@@ -369,4 +370,5 @@ def test_selection_and_test_parts_split_the_prompts_and_recompute_every_metric(
         assert metrics[part]["length_mean"] == pytest.approx(np.mean([line["length"] for line in picked]))
         exact = [s["kl_exact"] for line in picked for s in line["kl"]]
         assert metrics[part]["kl_to_sft"] == pytest.approx(np.mean(exact))
-    assert ev.objective(metrics) == metrics["selection"]["win_rate_vs_sft"]
+    assert selection_value(metrics, "win_rate_vs_sft", None) == metrics["selection"]["win_rate_vs_sft"]
+    assert selection_value({}, "win_rate_vs_sft", 0.25) == 0.25

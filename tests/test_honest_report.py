@@ -138,3 +138,25 @@ def test_an_out_of_memory_simpo_trial_is_listed_not_scored_unless_asked(tmp_path
     simpo = pd.read_csv(worst / "robustness.csv").set_index("method").loc["simpo"]
     assert (simpo["n_scored"], simpo["worst"]) == (2, 0.0)
     assert "Failed trials count too" in (worst / "index.html").read_text()
+
+
+def test_report_cli_failures_as_worst_flag_and_selection_fraction_bounds(tmp_path):
+    from pydantic import ValidationError
+    from typer.testing import CliRunner
+
+    from sweep.cli import app
+    from sweep.spec.recipe import EvalSpec
+
+    trials = [
+        trial("ok", "simpo", {"beta": 2.0}, win=0.6),
+        trial("oom", "simpo", {"beta": 5.0}, state="failed"),
+    ]
+    sweep_dir = make_sweep(tmp_path, "flag", trials)
+    for flags, expected in (([], (1, 0.6)), (["--failures-as-worst"], (2, 0.0))):
+        result = CliRunner().invoke(app, ["report", str(sweep_dir), *flags])
+        assert result.exit_code == 0, result.output
+        row = pd.read_csv(sweep_dir / "report" / "robustness.csv").iloc[0]
+        assert (row["n_scored"], row["worst"]) == expected
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValidationError, match="selection_fraction"):
+            EvalSpec(selection_fraction=bad)

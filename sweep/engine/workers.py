@@ -20,6 +20,7 @@ from sweep.engine.status import summarize
 from sweep.errors import UserError
 from sweep.io import utc_now
 from sweep.results import SweepFolder
+from sweep.spec.metrics import selection_value
 from sweep.spec.recipe import Locate, Recipe, as_given
 
 POLL_S = 2.0
@@ -85,7 +86,8 @@ def worker_loop(
             close(sweep, trial, attrs, "interrupted", "interrupted")
             raise
         reason = (result.error or {}).get("reason")
-        close(sweep, trial, {**attrs, "objective": result.objective}, result.state, reason, result.objective)
+        told = selection_value(result.metrics, recipe.eval.objective, result.objective)
+        close(sweep, trial, {**attrs, "objective": result.objective}, result.state, reason, told)
         if recipe.execution.keep == "best" and result.state == "complete":
             keep_best(sweep)
         seconds = time.perf_counter() - started

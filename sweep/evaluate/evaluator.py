@@ -17,8 +17,9 @@ ends at an EOS token or after `max_new_tokens`; its length counts response token
 
 Selection and test parts. The prompts are split once, by a seeded hash of their index
 (`eval.selection_fraction` of them, at least one, form the selection part). Every metric is computed over
-all prompts, and again over each part under `selection` and `test`: the objective (what TPE optimizes and
-what picks the best trial) is the selection part's, and the test part scores the picked trial honestly.
+all prompts, and again over each part under `selection` and `test`: the study is told the selection
+part's objective (`sweep.spec.metrics.selection_value`; metrics.json's `objective` is all prompts'),
+which also picks the best trial, and the test part scores the picked trial on prompts it was not picked on.
 
 Scores. A policy response identical to an SFT response for the same prompt takes that response's stored
 score, so identical responses always tie (the SFT model against itself has win rate exactly 0.5).
@@ -57,7 +58,7 @@ from sweep.io import file_lock, json_digest, package_versions, utc_now
 from sweep.results import SftBaseline, SweepFolder, TrialFolder
 from sweep.spec.recipe import Recipe
 
-BASELINE_FORMAT = 1
+BASELINE_FORMAT = 2
 BASELINE_FIELDS = (
     "max_new_tokens",
     "do_sample",
@@ -249,9 +250,8 @@ class Evaluator:
         return self.objective(self._run(policy, count, with_kl=needs_kl)[0])
 
     def objective(self, metrics: dict) -> float:
-        """The value of `eval.objective` on the selection part of a metrics dict (the value TPE optimizes
-        and the report picks the best trial by); NaN when it is missing."""
-        value = (metrics.get("selection") or metrics).get(self.settings.objective)
+        """The value of `eval.objective` over all prompts in a metrics dict (NaN when it is missing)."""
+        value = metrics.get(self.settings.objective)
         return math.nan if value is None else float(value)
 
     def _kl(self, policy, count: int, responses: list[Response]) -> tuple[list[int], list[dict]]:

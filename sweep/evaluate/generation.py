@@ -266,7 +266,7 @@ def teacher_forced_kl(
                 sft, input_ids.to(_device(sft)), attention_mask.to(_device(sft)), kept
             )
             sft_logps = sft_logps.to(policy_logps.device)
-            kl = (policy_logps.exp() * (policy_logps - sft_logps)).sum(-1)
+            kl = torch.stack([(p.exp() * (p - q)).sum(-1) for p, q in zip(policy_logps, sft_logps)])
             targets = input_ids[:, -kept:, None]
             chosen = [logps.gather(-1, targets).squeeze(-1) for logps in (policy_logps, sft_logps)]
             sums = [torch.where(scored, values, 0.0).sum(-1).tolist() for values in (*chosen, kl)]

@@ -61,13 +61,13 @@ def _print_table(robustness: pd.DataFrame, objective: Objective, console, warnin
     numbers.update({"best_selected_test": "best held-out", "expected_best_k3_test": "E@3 held-out"})
     for column in labels:
         table.add_column(column, no_wrap=True)
-    for header in ("done", "diverged", "failed", "pruned", *numbers.values()):
+    for header in ("done", "div/fail/prune", *numbers.values()):
         table.add_column(header, justify="right", no_wrap=True)
     for row in robustness.to_dict("records"):
         done = f"{row['n_trials'] - row['n_running']}/{row['n_trials']}"
-        counts = [str(row[f"n_{state}"]) for state in ("diverged", "failed", "pruned")]
+        counts = "/".join(str(row[f"n_{state}"]) for state in ("diverged", "failed", "pruned"))
         stats = ["–" if pd.isna(row[c]) else f"{row[c]:.3g}" for c in numbers]
-        table.add_row(*(str(row[c]) for c in labels), done, *counts, *stats)
+        table.add_row(*(str(row[c]) for c in labels), done, counts, *stats)
     console.print(table)
     for warning in warnings:
         console.print(f"warning: {warning}")

@@ -29,7 +29,13 @@ from sweep.report.canvas import (
     use_agg,
 )
 from sweep.report.load import param_columns
-from sweep.report.robustness import expected_best_band, expected_best_of_k
+from sweep.report.robustness import (
+    HELD_OUT,
+    SELECTED,
+    expected_best_band,
+    expected_best_of_k,
+    held_out_best_of_k,
+)
 
 LEARNING_RATE = "param.learning_rate"
 
@@ -226,7 +232,9 @@ def expected_best_of_k_figure(data: PlotData):
         return None
     sizes = {g: int(data.scored[data.labels == g].notna().sum()) for g in groups}
     labels = [f"{g} (N = {sizes[g]})" for g in groups]
-    fig, ax = figure(5.2, 3.6, [*labels, "method, trials"])
+    fig, ax = figure(5.2, 3.6, [*labels, "method, trials", "held out"])
+    complete = data.trials[(data.trials["state"] == "complete") & data.trials[HELD_OUT].notna()]
+    held_groups = set(data.labels[complete.index])
     for group, label in zip(groups, labels):
         values = data.scored[data.labels == group].dropna().to_numpy()
         ks = _budgets(len(values))
@@ -241,6 +249,14 @@ def expected_best_of_k_figure(data: PlotData):
             label=label,
         )
         ax.fill_between(ks, low, high, color=data.color(group), alpha=0.18, linewidth=0)
+        held = data.trials.loc[data.labels == group]
+        held = held[(held["state"] == "complete") & held[SELECTED].notna() & held[HELD_OUT].notna()]
+        if len(held):
+            kept = np.arange(1, len(held) + 1)
+            test = held_out_best_of_k(held[SELECTED], held[HELD_OUT], kept, data.objective.maximize)
+            first = group == next(g for g in groups if g in held_groups)
+            style = {"linestyle": "--", "linewidth": 1.2, "color": data.color(group)}
+            ax.plot(kept, test, label="held out" if first else None, **style)
     largest = max(sizes.values())
     log_x_if_wide(ax, [1, largest])
     if ax.get_xscale() == "log":
@@ -255,8 +271,9 @@ def expected_best_of_k_figure(data: PlotData):
     legend(ax, "method, trials")
     caption = (
         f"Expected best {data.objective.metric} after trying k hyperparameter settings at random from the "
-        "sweep (k = 1 is the mean trial, k = N the best one found; band: 5–95% bootstrap): on a small "
-        "budget, pick the method whose curve is highest at your k."
+        "sweep (k = 1 is the mean trial, k = N the best one found; band: 5–95% bootstrap). Dashed: the "
+        "held-out value, the test part's score of the trial the selection part picks among the k, free of "
+        "the winner's curse. On a small budget, pick the method whose curve is highest at your k."
     )
     return fig, caption
 

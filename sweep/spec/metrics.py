@@ -71,6 +71,13 @@ OBJECTIVES = tuple(CATALOG)
 """The metrics a recipe may optimize (`eval.objective`, with an optional judge prefix)."""
 
 
+def selection_value(metrics: dict, key: str, default: float | None) -> float | None:
+    """The selection part's value of metric `key` in a trial's metrics (what the study optimizes and what
+    picks the best trial), else `default` (a sweep or trial without the split)."""
+    value = (metrics.get("selection") or {}).get(key)
+    return default if value is None else float(value)
+
+
 def metric(key: str) -> Metric | None:
     """The catalog entry of a metric key (judge prefix stripped), or None for a metric outside it."""
     return CATALOG.get(key.rsplit(".", 1)[-1])

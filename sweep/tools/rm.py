@@ -78,6 +78,13 @@ class PairCollator:
         return {**batch, "token_type_ids": token_types} if typed else batch
 
 
+def _filler_id(encoded, vocabulary: int) -> int:
+    """A padding id no training sequence ends with, so that the model's own pooling (the last token that is
+    not its pad id) reads each row at its last attended token, as judges do, even when pad is eos."""
+    ends = {ids[-1] for side in ("chosen_ids", "rejected_ids") for ids in encoded[side] if ids}
+    return next(index for index in range(vocabulary) if index not in ends)
+
+
 def _encoded(pairs, tokenizer, fmt: str):
     """The pairs as judge inputs (chosen_ids, rejected_ids, and token types for a text pair)."""
 
@@ -174,13 +181,16 @@ def train_reward_model(
             **QUIET_ARGS,
         )
         log(f"training a reward model from {base_model} on {len(split['train'])} pairs ({fmt} inputs)")
+        encoded = _encoded(split["train"], processing_class, fmt)
+        filler = _filler_id(encoded, len(processing_class))
         trainer = RewardTrainer(
             model=base_model,
             args=args,
-            train_dataset=_encoded(split["train"], processing_class, fmt),
+            train_dataset=encoded,
             processing_class=processing_class,
-            data_collator=PairCollator(processing_class.pad_token_id),
+            data_collator=PairCollator(filler),
         )
+        trainer.model.config.get_text_config().pad_token_id = filler
         n_train = len(trainer.train_dataset)
         if n_train == 0:
             raise UserError(f"every training pair is longer than max_length={max_length} tokens")
