@@ -184,6 +184,7 @@ def write_recipe(work: Path, size: dict, cpu: bool) -> Path:
         "judge": {
             "reward_model": str(work / "judge"),
             "batch_size": size["judge_batch"],
+            "sort_by_length": True,
             "max_length": size["max_length"] + size["new_tokens"],
         },
         "methods": {
@@ -204,7 +205,7 @@ def write_recipe(work: Path, size: dict, cpu: bool) -> Path:
         "execution": {
             "results_dir": str(work / "results"),
             "workers": 1,
-            "devices": "cpu" if cpu else "auto",
+            "devices": "cpu" if cpu else [0],
         },
     }
     path = work / "recipe.yaml"

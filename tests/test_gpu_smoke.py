@@ -1,4 +1,5 @@
-"""The GPU smoke (`make gpu-smoke`): its MFU arithmetic and GPU peaks, and its CPU mode end to end."""
+"""The GPU smoke (`make gpu-smoke`): its MFU arithmetic, GPU peaks and CPU mode end to end; the GPU speed
+switches (train.use_liger_kernel, judge sort_by_length) reach TRL and the judge, and change nothing else."""
 
 import importlib.util
 import json
@@ -11,8 +12,13 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
+from sweep.errors import UserError
 from sweep.hf import loading
+from sweep.hf.judges import score_ids
 from sweep.results import SweepFolder
+from sweep.spec.methods import REGISTRY
+from sweep.spec.recipe import TrainSpec
+from sweep.train import config as train_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "gpu_smoke.py"
@@ -64,6 +70,48 @@ def test_trial_gpu_memory_record_in_mib(monkeypatch):
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda: 3 * 2**20 + 2**19)
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: 5 * 2**30)
     assert loading.cuda_memory() == {"cuda_mb": 3.5, "cuda_peak_mb": 5120.0}
+
+
+@pytest.mark.parametrize("method", ["dpo", "simpo", "kto"])
+def test_liger_switch_reaches_the_trl_config(method, tmp_path, monkeypatch):
+    def build(train, device):
+        return train_config.trl_config(REGISTRY[method], {}, train, 0, tmp_path, device=device)
+
+    assert build(TrainSpec(), "cpu").use_liger_kernel is False
+    wanted = TrainSpec(use_liger_kernel=True)
+    with pytest.raises(UserError, match=r"train.use_liger_kernel: .* runs on cpu"):
+        build(wanted, "cpu")
+    real = importlib.util.find_spec
+
+    def liger(spec):  # liger_kernel's spec, everything else as it is
+        return lambda name, *args: spec if name == "liger_kernel" else real(name, *args)
+
+    monkeypatch.setattr(train_config.importlib.util, "find_spec", liger(None))
+    with pytest.raises(UserError, match=r"liger-kernel package"):
+        build(wanted, "cuda")
+    monkeypatch.setattr(train_config.importlib.util, "find_spec", liger(object()))
+    assert build(wanted, "cuda").use_liger_kernel is True
+
+
+def test_liger_switch_is_not_a_train_extra(base_recipe, recipe_file):
+    from sweep.spec.validate import RecipeError, load_recipe
+
+    base_recipe["train"] = {"extra": {"use_liger_kernel": True}}
+    with pytest.raises(RecipeError, match=r"train.extra.use_liger_kernel.*train.use_liger_kernel"):
+        load_recipe(recipe_file(base_recipe))
+
+
+def test_length_sorted_judge_batches_keep_order_and_scores():
+    from tiny import tiny_reward_model, tiny_tokenizer
+
+    tokenizer = tiny_tokenizer([f"w{i}" for i in range(20)])
+    model = tiny_reward_model(tokenizer, seed=3)
+    sequences = [[3 + (i * 7 + j) % 20 for j in range(1 + (i * 5) % 11)] for i in range(13)]
+    alone = [score_ids(model, tokenizer.pad_token_id, [ids], 1)[0] for ids in sequences]
+    assert len(set(alone)) == len(alone)  # distinct scores: a permuted answer cannot pass
+    for sort in (False, True):
+        batched = score_ids(model, tokenizer.pad_token_id, sequences, 4, sort_by_length=sort)
+        assert batched == pytest.approx(alone, abs=1e-5)
 
 
 @pytest.mark.slow

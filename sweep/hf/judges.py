@@ -129,7 +129,7 @@ class RewardModelJudge(Judge):
             sequence_ids(self.tokenizer, prompt, response, self.spec.max_length)
             for prompt, response in zip(prompts, responses, strict=True)
         ]
-        return score_ids(self.model, self.pad_id, sequences, self.spec.batch_size)
+        return score_ids(self.model, self.pad_id, sequences, self.spec.batch_size, self.spec.sort_by_length)
 
 
 def load_judges(specs: Sequence[JudgeSpec], device=None) -> list[Judge]:
@@ -143,18 +143,26 @@ def load_judges(specs: Sequence[JudgeSpec], device=None) -> list[Judge]:
 
 
 @torch.no_grad()
-def score_ids(model, pad_token_id: int, sequences: list[list[int]], batch_size: int = 32) -> list[float]:
-    """Reward of each token-id sequence, in right-padded batches as in training."""
+def score_ids(
+    model, pad_token_id: int, sequences: list[list[int]], batch_size: int = 32, sort_by_length: bool = False
+) -> list[float]:
+    """Reward of each token-id sequence, in right-padded batches as in training (longest batches first when
+    `sort_by_length`; the scores come back in the given order)."""
     model.eval()
     device = next(model.parameters()).device
-    scores: list[float] = []
-    for start in range(0, len(sequences), batch_size):
-        batch = sequences[start : start + batch_size]
+    order = list(range(len(sequences)))
+    if sort_by_length:
+        order.sort(key=lambda index: -len(sequences[index]))
+    scores = [0.0] * len(sequences)
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        batch = [sequences[index] for index in rows]
         input_ids = torch.full((len(batch), max(map(len, batch))), pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros_like(input_ids)
         for row, ids in enumerate(batch):
             input_ids[row, : len(ids)] = torch.tensor(ids)
             attention_mask[row, : len(ids)] = 1
         logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
-        scores += logits[:, 0].float().tolist()
+        for index, score in zip(rows, logits[:, 0].float().tolist(), strict=True):
+            scores[index] = score
     return scores
