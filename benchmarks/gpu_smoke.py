@@ -107,8 +107,8 @@ def build_assets(work: Path, size: dict, device: str = "cpu", seed: int = 0) -> 
     from sweep.hf.quiet import no_progress_bars
 
     rng = random.Random(seed)
-    vocabulary = _words(rng, 4000)
-    corpus = [" ".join(rng.choices(vocabulary, k=64)) for _ in range(2000)]
+    vocabulary = _words(rng, 3 * size["vocab"])
+    corpus = [" ".join(rng.choices(vocabulary, k=64)) for _ in range(4000)]
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
@@ -125,13 +125,24 @@ def build_assets(work: Path, size: dict, device: str = "cpu", seed: int = 0) -> 
         ids = tokenizer(" ".join(rng.choices(vocabulary, k=tokens)), add_special_tokens=False)["input_ids"]
         return tokenizer.decode(ids[:tokens]).strip()
 
+    def templated(messages: list[dict]) -> int:
+        ids = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=True
+        )
+        return len(ids["input_ids"])
+
+    def prompt_of(tokens: int) -> tuple[list[dict], int]:
+        """A user message of about `tokens` tokens once templated, and its templated length."""
+        message = [{"role": "user", "content": text(tokens - overhead)}]
+        return message, templated(message)
+
+    overhead = templated([{"role": "user", "content": ""}])
     low, high = size["prompt"]
-    fill = size["max_length"] - 12  # the chat template's tokens around prompt and completion
     pairs, prompts = [], []
     for _ in range(size["pairs"]):
-        length = rng.randint(low, high)
-        prompt = [{"role": "user", "content": text(length)}]
-        chosen, rejected = text(fill - length), text(fill - length - rng.randint(0, low // 4))
+        prompt, length = prompt_of(rng.randint(low, high))
+        room = size["max_length"] - length - 4  # the completion's end-of-turn tokens, and a little slack
+        chosen, rejected = text(room), text(room - rng.randint(0, low // 4))
         pairs.append(
             {
                 "prompt": prompt,
@@ -140,7 +151,7 @@ def build_assets(work: Path, size: dict, device: str = "cpu", seed: int = 0) -> 
             }
         )
     for _ in range(size["prompts"]):
-        prompts.append({"prompt": [{"role": "user", "content": text(rng.randint(low, high))}]})
+        prompts.append({"prompt": prompt_of(rng.randint(low, high))[0]})
     for name, rows in (("train.jsonl", pairs), ("eval.jsonl", prompts)):
         (work / name).write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
 
