@@ -56,16 +56,17 @@ def closure(root, stop=frozenset()):
 
 skip = set(closure("torch")) | ON_GPU_MACHINE | {key(name) for name in sys.argv[2].split()}
 wanted = {name: version for name, version in closure("posweep", frozenset(skip)).items() if name != "posweep"}
-wanted["setuptools"] = md.version("setuptools")  # builds posweep itself from the carried source
 with open(sys.argv[1], "w") as out:
     out.writelines(f"{name}=={version}\n" for name, version in sorted(wanted.items()))
+with open(sys.argv[1].replace("requirements", "build"), "w") as out:  # builds posweep from the source
+    out.write(f"setuptools=={md.version('setuptools')}\n")
 PYEOF
 "$PY" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 \
-  --dest "$DIR" -r "$DIR/requirements.txt"
+  --dest "$DIR" -r "$DIR/requirements.txt" -r "$DIR/build.txt"
 echo "assumed on the GPU machine: torch and its dependencies, numpy${HAVE:+, $HAVE}"
-echo "wheels ($(wc -l <"$DIR/requirements.txt") packages, CPython 3.12 manylinux x86-64) in $DIR:"
-tr '\n' ' ' <"$DIR/requirements.txt"
+echo "wheels ($(cat "$DIR"/requirements.txt "$DIR"/build.txt | wc -l) packages, CPython 3.12 manylinux x86-64) in $DIR:"
+cat "$DIR"/requirements.txt "$DIR"/build.txt | tr '\n' ' '
 echo
 du -cb "$DIR"/*.whl | sort -n | tail -6
 total=$(du -cb "$DIR"/*.whl | tail -1 | cut -f1)
