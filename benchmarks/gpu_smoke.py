@@ -12,7 +12,8 @@ autocast on a GPU) and runs it with `run_sweep`, the function `posweep run` call
 GPU, one worker). Then it reads the results folder through sweep/results.py and prints, per trial and in
 total: training tokens/s (the pairs' prompt+completion tokens, chosen and rejected, over `time_s.train`;
 the shared reference pass is timed apart), MFU (6·N·tokens / train time / the GPU's dense bf16 peak, N the
-parameters less the input embedding), peak GPU memory, generation tokens/s of the policy and of the SFT
+parameters less the input embedding; attention's own FLOPs and KTO's no-grad KL-term pass are not counted,
+so MFU errs low), peak GPU memory, generation tokens/s of the policy and of the SFT
 baseline (the baseline's time includes its judging), judge throughput (pairs actually scored, i.e. not
 reused as an SFT response, per second of `time_s.judge`) and the evaluation share of the trial's wall
 time ((generate + judge + kl) / total). It checks that the GPU memory each trial leaves behind stays
@@ -28,6 +29,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -379,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     work = args.workdir or Path(tempfile.mkdtemp(prefix="posweep-gpu-smoke-"))
     work.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(work / "results", ignore_errors=True)  # a fresh sweep: a reused folder would resume
     assets = build_assets(work, size, "cuda" if cuda else "cpu")
     recipe = write_recipe(work, size, cpu=not cuda)
     tokens = training_tokens(assets["tokenizer"], assets["pairs"], size["max_length"])

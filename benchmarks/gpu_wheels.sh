@@ -7,7 +7,9 @@
 #
 # Assumed already on the GPU machine: torch (a CUDA build) and what it depends on (filelock, fsspec, jinja2,
 # markupsafe, networkx, sympy, mpmath, typing-extensions, setuptools, triton, nvidia-*), and numpy (every
-# CUDA torch image ships it). Everything else posweep imports, directly or through its dependencies, is in
+# CUDA torch image ships it). Those of torch's dependencies that posweep's need too are carried as spares
+# (DIR/spare.txt, with setuptools to build posweep): pip takes them only where the machine's own versions do
+# not satisfy a requirement. DIR/requirements.txt is what gets installed. Everything else posweep imports, directly or through its dependencies, is in
 # the kit, except the packages named in HAVE (space-separated) and what only they need: for a machine that
 # has them already, e.g. HAVE="pyarrow pandas matplotlib pillow" (pyarrow alone is 55 MB; matplotlib serves
 # only `posweep report`). The environment running this script must have posweep installed (`make install`).
@@ -54,19 +56,24 @@ def closure(root, stop=frozenset()):
     return found
 
 
-skip = set(closure("torch")) | ON_GPU_MACHINE | {key(name) for name in sys.argv[2].split()}
-wanted = {name: version for name, version in closure("posweep", frozenset(skip)).items() if name != "posweep"}
+torch_deps = set(closure("torch"))
+have = {"torch"} | ON_GPU_MACHINE | {key(name) for name in sys.argv[2].split()}
+reached = {name: version for name, version in closure("posweep", frozenset(have)).items() if name != "posweep"}
+wanted = {name: version for name, version in reached.items() if name not in torch_deps}
+# torch's own dependencies that posweep's need too: carried, but taken only where the machine's do not fit
+spare = {name: version for name, version in reached.items() if name in torch_deps}
+spare["setuptools"] = md.version("setuptools")  # builds posweep itself from the carried source
 with open(sys.argv[1], "w") as out:
     out.writelines(f"{name}=={version}\n" for name, version in sorted(wanted.items()))
-with open(sys.argv[1].replace("requirements", "build"), "w") as out:  # builds posweep from the source
-    out.write(f"setuptools=={md.version('setuptools')}\n")
+with open(sys.argv[1].replace("requirements", "spare"), "w") as out:
+    out.writelines(f"{name}=={version}\n" for name, version in sorted(spare.items()))
 PYEOF
 "$PY" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 \
-  --dest "$DIR" -r "$DIR/requirements.txt" -r "$DIR/build.txt"
+  --dest "$DIR" -r "$DIR/requirements.txt" -r "$DIR/spare.txt"
 echo "assumed on the GPU machine: torch and its dependencies, numpy${HAVE:+, $HAVE}"
-echo "wheels ($(cat "$DIR"/requirements.txt "$DIR"/build.txt | wc -l) packages, CPython 3.12 manylinux x86-64) in $DIR:"
-cat "$DIR"/requirements.txt "$DIR"/build.txt | tr '\n' ' '
+echo "wheels ($(cat "$DIR"/requirements.txt "$DIR"/spare.txt | wc -l) packages, CPython 3.12 manylinux x86-64) in $DIR:"
+cat "$DIR"/requirements.txt "$DIR"/spare.txt | tr '\n' ' '
 echo
 du -cb "$DIR"/*.whl | sort -n | tail -6
 total=$(du -cb "$DIR"/*.whl | tail -1 | cut -f1)
