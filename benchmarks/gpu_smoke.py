@@ -356,13 +356,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(f"--{name}", type=int, help="override the size's default")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    os.environ.update(
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
-        TRL_EXPERIMENTAL_SILENCE="1",
-    )
+    offline = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "TRL_EXPERIMENTAL_SILENCE")
+    os.environ.update(dict.fromkeys(offline, "1"), TOKENIZERS_PARALLELISM="false")
     sys.path.insert(0, str(ROOT))
     import torch
 
@@ -372,13 +367,8 @@ def main(argv: list[str] | None = None) -> int:
 
     cuda = torch.cuda.is_available() and not args.cpu
     size = dict(SIZES["tiny" if args.tiny else "full"])
-    size.update(
-        {
-            key.replace("-", "_"): value
-            for key, value in vars(args).items()
-            if key in ("pairs", "prompts", "new_tokens", "max_length") and value
-        }
-    )
+    given = {key: getattr(args, key) for key in ("pairs", "prompts", "new_tokens", "max_length")}
+    size.update({key: value for key, value in given.items() if value})
     work = args.workdir or Path(tempfile.mkdtemp(prefix="posweep-gpu-smoke-"))
     work.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(work / "results", ignore_errors=True)  # a fresh sweep: a reused folder would resume
@@ -398,9 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(lines))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1), encoding="utf-8")
-    complete = (
-        all(row["state"] == "complete" for row in result["trials"].values()) and len(result["trials"]) == 4
-    )
+    states = [row["state"] for row in result["trials"].values()]
+    complete = states == ["complete"] * len(METHODS)
     return 0 if code == 0 and complete and result["memory"][0] is not False else 1
 
 
