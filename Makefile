@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench lint format clean
+.PHONY: install test demo bench gpu-smoke lint format clean
 
 install: $(STAMP)
 
@@ -26,6 +26,13 @@ demo: install
 
 bench: install
 	$(BIN)/python benchmarks/run.py --repeats 3
+
+# make gpu-smoke: on a GPU machine's own CUDA torch (no `install`: that is the CPU torch), the wheel kit
+# installed (README, GPU smoke); SMOKE="--cpu --tiny" runs the same path on the CPU.
+SMOKE ?=
+GPU_PY ?= python3
+gpu-smoke:
+	PYTHONPATH=$(CURDIR) $(GPU_PY) benchmarks/gpu_smoke.py $(SMOKE)
 
 lint: install
 	$(BIN)/ruff check sweep tests benchmarks

@@ -135,7 +135,7 @@ class RewardModelJudge(Judge):
             judge_input(self.tokenizer, self.format, prompt, response, self.spec.max_length)
             for prompt, response in zip(prompts, responses, strict=True)
         ]
-        return score_inputs(self.model, self.pad_id, inputs, self.spec.batch_size)
+        return score_inputs(self.model, self.pad_id, inputs, self.spec.batch_size, self.spec.sort_by_length)
 
 
 def load_judges(specs: Sequence[JudgeSpec], device=None) -> list[Judge]:
@@ -181,13 +181,20 @@ def rewards(model, input_ids, attention_mask, token_type_ids=None) -> torch.Tens
 
 
 @torch.no_grad()
-def score_inputs(model, pad_token_id: int, inputs: list[JudgeInput], batch_size: int = 32) -> list[float]:
-    """Reward of each judge input, in right-padded batches as in training."""
+def score_inputs(
+    model, pad_token_id: int, inputs: list[JudgeInput], batch_size: int = 32, sort_by_length: bool = False
+) -> list[float]:
+    """Reward of each judge input, in right-padded batches as in training (longest batches first when
+    `sort_by_length`; the scores come back in the given order)."""
     model.eval()
     device = next(model.parameters()).device
-    scores: list[float] = []
-    for start in range(0, len(inputs), batch_size):
-        batch = inputs[start : start + batch_size]
+    order = list(range(len(inputs)))
+    if sort_by_length:
+        order.sort(key=lambda index: -len(inputs[index].input_ids))
+    scores = [0.0] * len(inputs)
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        batch = [inputs[index] for index in rows]
         width = max(len(item.input_ids) for item in batch)
         input_ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros_like(input_ids)
@@ -203,5 +210,6 @@ def score_inputs(model, pad_token_id: int, inputs: list[JudgeInput], batch_size:
             attention_mask.to(device),
             None if types is None else types.to(device),
         )
-        scores += found.tolist()
+        for index, score in zip(rows, found.tolist(), strict=True):
+            scores[index] = score
     return scores

@@ -69,6 +69,22 @@ def judge_dtype(name: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+def reset_cuda_peak() -> None:
+    """Start measuring this process's peak GPU memory anew (nothing without CUDA)."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def cuda_memory() -> dict[str, float]:
+    """GPU memory (MiB) this process holds now and at most since `reset_cuda_peak`; {} without CUDA."""
+    if not torch.cuda.is_available():
+        return {}
+    return {
+        "cuda_mb": round(torch.cuda.memory_allocated() / 2**20, 1),
+        "cuda_peak_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1),
+    }
+
+
 def load_tokenizer(name: str, trust_remote_code: bool = False):
     """A tokenizer (directory or Hub id) with a pad token (eos if it has none); UserError if it fails."""
     try:

@@ -157,6 +157,9 @@ class JudgeSpec(Strict):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     max_length: PositiveInt = 1024
+    sort_by_length: bool = Field(
+        False, description="score in batches of similar length (less padding; equal scores up to rounding)"
+    )
     trust_remote_code: bool = False
     format: Literal["auto", "pair", "chat", "raw"] = Field(
         "auto", description="reward-model input: text pair, own chat template, or prompt + response + eos"
@@ -238,6 +241,9 @@ class TrainSpec(Strict):
         8, description="a pair whose prompt leaves fewer tokens than this under max_length is dropped"
     )
     gradient_checkpointing: bool = False
+    use_liger_kernel: bool = Field(
+        False, description="Liger's fused Triton kernels in the model's layers (GPU; posweep[liger] extra)"
+    )
     logging_steps: PositiveInt = 1
     extra: dict[str, Any] = Field(default_factory=dict, description="passed to the TRL config as is")
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from sweep.errors import UserError
 from sweep.hf.loading import load_object
 from sweep.spec.methods import Method
 from sweep.spec.recipe import TrainSpec
@@ -41,6 +43,7 @@ def trl_config(
         max_grad_norm=train.max_grad_norm,
         optim=train.optim,
         logging_steps=train.logging_steps,
+        use_liger_kernel=_liger(train.use_liger_kernel, device),
     )
     # transformers 5 folded warmup_ratio into warmup_steps (a float below 1 is a ratio) and renamed
     # gradient_checkpointing to activation_checkpointing; older versions know only the old names
@@ -85,3 +88,14 @@ def _precision(precision: str, device: str) -> dict[str, bool]:
         cuda = device.startswith("cuda") and torch.cuda.is_available()
         precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+
+
+def _liger(wanted: bool, device: str) -> bool:
+    """`train.use_liger_kernel`, once checked: Liger's kernels need a GPU and the liger-kernel package."""
+    if wanted and not device.startswith("cuda"):
+        raise UserError(
+            f"train.use_liger_kernel: Liger's kernels run on GPUs, and this trial runs on {device}"
+        )
+    if wanted and importlib.util.find_spec("liger_kernel") is None:
+        raise UserError("train.use_liger_kernel needs the liger-kernel package: pip install 'posweep[liger]'")
+    return wanted

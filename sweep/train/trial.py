@@ -30,7 +30,7 @@ import torch
 from transformers import PrinterCallback, set_seed
 
 from sweep.hf.data import is_conversational, load_pairs
-from sweep.hf.loading import load_object, load_policy, load_policy_tokenizer
+from sweep.hf.loading import cuda_memory, load_object, load_policy, load_policy_tokenizer, reset_cuda_peak
 from sweep.hf.quiet import no_progress_bars
 from sweep.io import utc_now
 from sweep.results import SweepFolder, TrialFolder, TrialMetrics, TrialParams
@@ -159,6 +159,7 @@ class Worker:
             return _result_from(recorded)
         method = get_method(spec.method)
         self.trials_run += 1
+        reset_cuda_peak()
         started, clock, setup = utc_now(), time.perf_counter(), self.setup_s
         fields = method.trl_fields(spec.params)
         steps = planned_steps(self.recipe.train, len(self.pairs(spec.variant)))
@@ -359,6 +360,7 @@ class Worker:
                 "trial": self.trials_run,
                 "setup_s": round(self.setup_s, 3),
                 "rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
+                **cuda_memory(),
             },
             extra=outcome.metrics,
         )
