@@ -113,6 +113,7 @@ def render_html(
     objective: Objective,
     robustness: pd.DataFrame,
     figures: list[FigureFile],
+    importance: str = "",
 ) -> str:
     """The whole report page as one string."""
     names = ", ".join(s.name for s in sweeps)
@@ -134,6 +135,8 @@ Generated {utc_now()}. Tables: <a href="robustness.csv">robustness.csv</a>,
 <div class="scroll">{table}</div>
 <h2>Figures</h2>
 {figure_html}
+<h2>Hyperparameter importance</h2>
+{importance}
 <h2>Recipe</h2>
 {_recipes(sweeps)}
 <h2>Sweep details</h2>
