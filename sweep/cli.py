@@ -211,6 +211,30 @@ def report(
     typer.echo(f"report: {folder / 'index.html'}")
 
 
+@app.command()
+@user_errors
+def export(
+    sweep_dir: ResultsArg,
+    out: Annotated[Path, typer.Option(help="the model folder to write (must not exist)")],
+    best: Annotated[bool, typer.Option("--best", help="the best complete trial")] = False,
+    trial: Annotated[str | None, typer.Option(help="the trial id to export")] = None,
+    adapter: Annotated[bool, typer.Option("--adapter", help="keep a LoRA adapter unmerged")] = False,
+    push_to_hub: Annotated[str | None, typer.Option(help="then upload the folder to this Hub repo")] = None,
+) -> None:
+    """Write a trial's model as a Hugging Face folder with a model card (retrained when not kept)."""
+    from sweep.builtin import resolve
+    from sweep.errors import UserError
+    from sweep.tools.export import export_trial, push_folder
+
+    if best == (trial is not None):
+        raise UserError("pass exactly one of --best or --trial ID")
+    done = export_trial(sweep_dir, out, trial, adapter, resolve, lambda line: typer.echo(line, err=True))
+    how = "retrained" if done.retrained else "kept weights"
+    typer.echo(f"exported {done.trial_id} (rank {done.rank} of {done.complete}, {how}) to {done.path}")
+    if push_to_hub:
+        typer.echo(f"uploaded: {push_folder(done.path, push_to_hub)}")
+
+
 @rm_app.command("train")
 @user_errors
 def rm_train(
