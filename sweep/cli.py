@@ -235,6 +235,24 @@ def export(
         typer.echo(f"uploaded: {push_folder(done.path, push_to_hub)}")
 
 
+@app.command()
+@user_errors
+def dashboard(
+    sweep_dir: ResultsArg,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="port on 127.0.0.1")] = 8080,
+    storage: Annotated[str | None, typer.Option(help="the sweep's Optuna storage URL or env:VAR")] = None,
+) -> None:
+    """Serve optuna-dashboard over a sweep's study on 127.0.0.1 until Ctrl-C."""
+    from sweep.tools.dashboard import dashboard_server
+
+    server = dashboard_server(sweep_dir, storage, port)
+    typer.echo(f"optuna-dashboard: http://127.0.0.1:{server.server_port}/dashboard/ (Ctrl-C stops it)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        server.server_close()
+
+
 @rm_app.command("train")
 @user_errors
 def rm_train(

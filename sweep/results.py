@@ -191,6 +191,7 @@ class TrialFolder:
         self.traceback = self.path / "traceback.txt"
         self.model = self.path / "model"
         self.scratch = self.path / "scratch"
+        self.tensorboard = self.path / "tensorboard"
 
     def start(self, params: TrialParams) -> None:
         """Begin the trial anew: remove what an earlier attempt left, then write params.json."""

@@ -126,3 +126,40 @@ def test_a_finished_sweep_loads_in_optuna_with_params_on_every_trial(inputs, tmp
     dpo.add_trials([t for t in trials if t.params["method"] == "dpo"])
     importance = optuna.importance.get_param_importances(dpo)
     assert "dpo.beta" in importance and all(v >= 0 for v in importance.values())
+
+
+def test_dashboard_serves_the_study_and_its_trial_params_on_loopback(inputs, tmp_path):  # noqa: F811
+    pytest.importorskip("optuna_dashboard", reason="the dashboard extra is not installed")
+    import json
+    import threading
+    import urllib.request
+
+    from sweep.tools.dashboard import dashboard_server
+
+    methods = {"dpo": {"beta": [0.1, 0.5], "learning_rate": [1e-3]}}
+    sweep = open_sweep(load_recipe(write_recipe(inputs, "dash", methods)), tmp_path)
+    specs = drain(sweep, lambda spec: spec.params["beta"])
+    server = dashboard_server(sweep.dir, port=0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        host, port = server.server_address[:2]
+        assert host == "127.0.0.1"
+
+        def get(path: str) -> dict:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as response:
+                return json.loads(response.read())
+
+        (study,) = [s for s in get("/api/studies")["study_summaries"] if s["study_name"] == "dash"]
+        trials = get(f"/api/studies/{study['study_id']}")["trials"]
+        shown = sorted(
+            {p["name"]: p["param_external_value"] for p in t["params"]}["dpo.beta"] for t in trials
+        )
+        assert shown == sorted(str(s.params["beta"]) for s in specs) == ["0.1", "0.5"]
+        assert all(
+            {p["name"] for p in t["params"]} == {"method", "dpo.beta", "dpo.learning_rate"} for t in trials
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)

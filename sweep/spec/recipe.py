@@ -225,6 +225,9 @@ class TrainSpec(Strict):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     gradient_checkpointing: bool = False
     logging_steps: PositiveInt = 1
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=list, description="experiment trackers: a run per trial (sweep.train.trackers)"
+    )
     extra: dict[str, Any] = Field(default_factory=dict, description="passed to the TRL config as is")
 
 

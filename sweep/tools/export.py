@@ -113,7 +113,10 @@ def _load(recipe: Recipe, weights: Path, adapter: bool):
         return AutoModelForCausalLM.from_pretrained(
             weights, dtype="auto", trust_remote_code=remote
         ), tokenizer
-    from peft import PeftModel
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise UserError("the trial trained a LoRA adapter; its export needs peft: pip install peft") from None
 
     model = PeftModel.from_pretrained(load_policy(recipe.model, recipe.model.path), weights)
     return (model if adapter else model.merge_and_unload()), tokenizer
