@@ -214,6 +214,48 @@ def report(
     typer.echo(f"report: {folder / 'index.html'}")
 
 
+@app.command()
+@user_errors
+def export(
+    sweep_dir: ResultsArg,
+    out: Annotated[Path, typer.Option(help="the model folder to write (must not exist)")],
+    best: Annotated[bool, typer.Option("--best", help="the best complete trial")] = False,
+    trial: Annotated[str | None, typer.Option(help="the trial id to export")] = None,
+    adapter: Annotated[bool, typer.Option("--adapter", help="keep a LoRA adapter unmerged")] = False,
+    push_to_hub: Annotated[str | None, typer.Option(help="then upload the folder to this Hub repo")] = None,
+) -> None:
+    """Write a trial's model as a Hugging Face folder with a model card (retrained when not kept)."""
+    from sweep.builtin import resolve
+    from sweep.errors import UserError
+    from sweep.tools.export import export_trial, push_folder
+
+    if best == (trial is not None):
+        raise UserError("pass exactly one of --best or --trial ID")
+    done = export_trial(sweep_dir, out, trial, adapter, resolve, lambda line: typer.echo(line, err=True))
+    how = "retrained" if done.retrained else "kept weights"
+    typer.echo(f"exported {done.trial_id} (rank {done.rank} of {done.complete}, {how}) to {done.path}")
+    if push_to_hub:
+        typer.echo(f"uploaded: {push_folder(done.path, push_to_hub)}")
+
+
+@app.command()
+@user_errors
+def dashboard(
+    sweep_dir: ResultsArg,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="port on 127.0.0.1")] = 8080,
+    storage: Annotated[str | None, typer.Option(help="the sweep's Optuna storage URL or env:VAR")] = None,
+) -> None:
+    """Serve optuna-dashboard over a sweep's study on 127.0.0.1 until Ctrl-C."""
+    from sweep.tools.dashboard import dashboard_server
+
+    server = dashboard_server(sweep_dir, storage, port)
+    typer.echo(f"optuna-dashboard: http://127.0.0.1:{server.server_port}/dashboard/ (Ctrl-C stops it)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        server.server_close()
+
+
 @rm_app.command("train")
 @user_errors
 def rm_train(

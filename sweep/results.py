@@ -193,6 +193,7 @@ class TrialFolder:
         self.traceback = self.path / "traceback.txt"
         self.model = self.path / "model"
         self.scratch = self.path / "scratch"
+        self.tensorboard = self.path / "tensorboard"
 
     def start(self, params: TrialParams) -> None:
         """Begin the trial anew: remove what an earlier attempt left, then write params.json."""
@@ -226,6 +227,19 @@ class TrialFolder:
             return []
         with self.samples.open(encoding="utf-8") as handle:
             return [json.loads(line) for line in handle if line.strip()]
+
+    def last_step(self) -> int | None:
+        """The training step of train_log.jsonl's last record (None before the first one)."""
+        try:
+            with self.train_log.open("rb") as handle:
+                handle.seek(max(0, handle.seek(0, os.SEEK_END) - 4096))
+                lines = handle.read().splitlines()
+        except FileNotFoundError:
+            return None
+        for line in reversed(lines):
+            with contextlib.suppress(ValueError):
+                return json.loads(line).get("step")
+        return None
 
     def log(self, record: dict) -> None:
         """Append one training log record to train_log.jsonl."""

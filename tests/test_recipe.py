@@ -253,7 +253,7 @@ def test_every_problem_reported_one_line_each_and_nothing_written(
         f"{path}: train.max_step: unknown key (did you mean 'max_steps'?); expected one of: "
         "max_steps, num_train_epochs, per_device_train_batch_size, gradient_accumulation_steps, max_length, "
         "warmup_ratio, lr_scheduler_type, weight_decay, max_grad_norm, optim, precision, pure_bf16, "
-        "min_completion_tokens, gradient_checkpointing, use_liger_kernel, logging_steps, extra",
+        "min_completion_tokens, gradient_checkpointing, use_liger_kernel, logging_steps, report_to, extra",
         f"{path}: eval.top_p: Input should be less than or equal to 1",
         f"{path}: methods.dpo.beta[0]: beta must be > 0, got -1",
         f"{path}: methods.simpo: give either gamma_beta_ratio or gamma, not both (they set the same margin)",

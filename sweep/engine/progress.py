@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -22,7 +23,7 @@ class Event:
 class Progress:
     """A progress bar over trials with ETA, a line per finished trial, and the final summary."""
 
-    def __init__(self, total: int, done: int, quiet: bool):
+    def __init__(self, total: int, done: int, quiet: bool, running: Callable[[], str] | None = None):
         from rich.console import Console
 
         self.console = Console(stderr=True, highlight=False)
@@ -30,21 +31,31 @@ class Progress:
         self.total, self.done = total, done
         self.seen: set[str] = set()
         self.trial_s = self.setup_s = 0.0
+        self.failed = 0
         self._bar = None
         if not self.quiet:
-            from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                RenderableColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
             from rich.progress import Progress as Bar
 
             self._bar = Bar(
                 "[progress.description]{task.description}",
                 BarColumn(),
                 MofNCompleteColumn(),
+                "failed {task.fields[failed]}",
+                TimeElapsedColumn(),
                 "ETA",
                 TimeRemainingColumn(),
+                RenderableColumn(_Live(running)) if running else "",
                 console=self.console,
                 transient=True,
             )
-            self._task = self._bar.add_task("trials", total=total, completed=done)
+            self._task = self._bar.add_task("trials", total=total, completed=done, failed=0)
             self._bar.start()
 
     def log(self, line: str) -> None:
@@ -57,6 +68,7 @@ class Progress:
         if event.trial_id not in self.seen:
             self.seen.add(event.trial_id)
             self.done += 1
+        self.failed += event.state in ("failed", "diverged")
         value = "-" if event.objective is None else f"{event.objective:.4f}"
         why = f" ({event.reason})" if event.reason and event.state != "complete" else ""
         why += f" [attempt {event.attempt}]" if event.attempt > 1 else ""
@@ -65,9 +77,19 @@ class Progress:
             f"{event.seconds:.1f}s"
         )
         if self._bar is not None:
-            self._bar.update(self._task, completed=self.done)
+            self._bar.update(self._task, completed=self.done, failed=self.failed)
 
     def close(self) -> None:
         """Stop the bar."""
         if self._bar is not None:
             self._bar.stop()
+
+
+class _Live:
+    """A rich renderable whose text is re-read on every refresh."""
+
+    def __init__(self, text: Callable[[], str]):
+        self.text = text
+
+    def __rich__(self) -> str:
+        return self.text()

@@ -3,9 +3,11 @@
 Every trial is an Optuna trial. Grid points are enqueued once (WAITING) and claimed by exactly one
 worker: claiming flips WAITING -> RUNNING through the storage, which is atomic (a row lock in SQL
 databases, a file lock for the journal file). Random/TPE sweeps enqueue one slot per (method, seed,
-k) with only the method fixed, and the study's sampler fills in the hyperparameters when a worker
-claims the slot. A trial that failed, was interrupted, or whose worker died is re-enqueued under
-the same posweep id (failures up to `execution.max_retries` times); complete ones never run again.
+k) with only the method (and variant) fixed, and the study's sampler fills in the hyperparameters when
+a worker claims the slot. Every claimed trial records its method, variant and hyperparameters as
+Optuna params with their distributions (grid values as enqueued fixed params). A trial that failed,
+was interrupted, or whose worker died is re-enqueued under the same posweep id (failures up to
+`execution.max_retries` times); complete ones never run again.
 
 Every use of Optuna's private API (storage, study and trial ids) is in this module.
 """
@@ -27,7 +29,7 @@ from typing import Any
 from sweep.io import file_lock, utc_now
 from sweep.results import SweepFolder
 from sweep.spec.methods import HYPERPARAMETERS
-from sweep.spec.plan import Plan, TrialSpec, sampled_trial_id
+from sweep.spec.plan import Plan, TrialSpec, axis_scale, sampled_trial_id
 from sweep.spec.recipe import Distribution, Recipe
 
 HEARTBEAT_S = 10.0
@@ -169,12 +171,28 @@ def reconcile(sweep: Sweep) -> dict[str, int]:
 
 
 def _enqueue(sweep: Sweep, base: dict, history: list) -> None:
-    """Enqueue one planned slot; a retry of a sampled trial keeps its sampled hyperparameters."""
+    """Enqueue one planned slot with its fixed Optuna params; a retry of a sampled trial keeps its sample."""
     attempt = len(history) + 1
-    params = history[-1][0].params if history and sweep.plan.strategy != "grid" else {}
-    if sweep.plan.strategy != "grid" and not params:
-        params = {"method": base["method"]}
+    params = _fixed_params(sweep, base)
+    if history and sweep.plan.strategy != "grid":
+        params.update(history[-1][0].params)
     sweep.study.enqueue_trial(params, user_attrs={ATTR: {**base, "attempt": attempt, "state": "queued"}})
+
+
+def _variants_swept(sweep: Sweep) -> bool:
+    return any(variant is not None for variant in sweep.plan.variants)
+
+
+def _fixed_params(sweep: Sweep, base: dict) -> dict:
+    """The Optuna params a slot is enqueued with: a grid point's all; a sampled slot's method and variant."""
+    method = base["method"]
+    fixed: dict[str, Any] = {"method": method}
+    if _variants_swept(sweep):
+        fixed["variant"] = base.get("variant")
+    if sweep.plan.strategy == "grid":
+        point = base["params"]
+        fixed.update({f"{method}.{name}": value for name, value in point.items()})
+    return fixed
 
 
 def close(sweep: Sweep, trial, attrs: dict, state: str, reason: str | None, value: float | None = None):
@@ -242,34 +260,48 @@ def claim(sweep: Sweep):
     return None
 
 
-def _suggest(sweep: Sweep, trial) -> tuple[str, dict[str, float]]:
-    """Sample a random/TPE trial's hyperparameters in its method's space."""
+def _suggest_value(trial, key: str, name: str, values, grid: bool) -> float:
+    """One hyperparameter as an Optuna param: a range (a grid axis spans its values), or a sampled list."""
+    if isinstance(values, Distribution):
+        low, high, log = values.low, values.high, values.log
+    elif grid:
+        low, high, log = axis_scale(name, values)
+    else:
+        return float(trial.suggest_categorical(key, list(values)))
+    if HYPERPARAMETERS[name].integer:
+        return float(trial.suggest_int(key, int(low), int(high), log=log))
+    return trial.suggest_float(key, low, high, log=log)
+
+
+def _suggest(sweep: Sweep, trial, attrs: dict) -> tuple[str, dict[str, float]]:
+    """Record a claimed trial's method, variant and hyperparameters as Optuna params; sample the rest.
+
+    The params are conditional: each method's are named `{method}.{name}`. A grid trial's values are the
+    params it was enqueued with (set here too for a trial enqueued before params were recorded).
+    """
+    grid = sweep.plan.strategy == "grid"
+    trial._fixed_params = {**_fixed_params(sweep, attrs), **trial._fixed_params}
     method = trial.suggest_categorical("method", list(sweep.plan.spaces))
+    if _variants_swept(sweep):
+        trial.suggest_categorical("variant", list(sweep.plan.variants))
     space = dict(sweep.plan.spaces[method])
-    params = {}
-    for name, values in space.items():
-        key = f"{method}.{name}"
-        if isinstance(values, Distribution):
-            if HYPERPARAMETERS[name].integer:
-                params[name] = float(
-                    trial.suggest_int(key, int(values.low), int(values.high), log=values.log)
-                )
-            else:
-                params[name] = trial.suggest_float(key, values.low, values.high, log=values.log)
-        else:
-            params[name] = float(trial.suggest_categorical(key, list(values)))
+    if grid:
+        space = {name: space[name] for name in attrs["params"]}
+    params = {
+        name: _suggest_value(trial, f"{method}.{name}", name, values, grid) for name, values in space.items()
+    }
     return method, params
 
 
 def spec_for(sweep: Sweep, trial) -> tuple[TrialSpec, dict]:
     """The TrialSpec of a claimed trial (sampling it first for random/TPE) and its posweep attrs."""
     attrs = dict(trial.user_attrs[ATTR])
+    method, params = _suggest(sweep, trial, attrs)
     if sweep.plan.strategy == "grid":
         spec = TrialSpec(
             attrs["trial_id"], attrs["method"], attrs["params"], attrs["seed"], attrs.get("variant")
         )
     else:
-        method, params = _suggest(sweep, trial)
         variant = attrs.get("variant")
         spec = TrialSpec(
             sampled_trial_id(method, params, attrs["seed"], variant), method, params, attrs["seed"], variant

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sweep.engine.folder import Sweep, open_sweep, open_sweep_folder, sweep_storage, write_sweep_json
+from sweep.engine.live import RunningTrials
 from sweep.engine.progress import Event, Progress
 from sweep.engine.queue import Heartbeat, claim, close, keep_best, others_running, reconcile, spec_for, start
 from sweep.engine.status import summarize
@@ -185,7 +186,7 @@ def run_worker(
     os.environ.update(env)
     _configure_process(env)
     sweep = open_sweep_folder(recipe, folder, sweep_storage(folder, storage))
-    progress = Progress(sweep.plan.total, reconcile(sweep)["done"], quiet)
+    progress = Progress(sweep.plan.total, reconcile(sweep)["done"], quiet, RunningTrials(sweep))
     try:
         worker_loop(sweep, env["POSWEEP_DEVICE"], max_trials, progress, progress.log, locate=locate)
     except KeyboardInterrupt:
@@ -210,7 +211,7 @@ def run_sweep(
     started = time.perf_counter()
     sweep = open_sweep(recipe, results, storage, new)
     counts = reconcile(sweep)
-    progress = Progress(sweep.plan.total, counts["done"], quiet)
+    progress = Progress(sweep.plan.total, counts["done"], quiet, RunningTrials(sweep))
     progress.log(
         f"sweep {sweep.dir} ({sweep.plan.total} trials: {counts['done']} done, {counts['queued']} to run"
         f"{', ' + str(counts['given_up']) + ' failed too often' if counts['given_up'] else ''}); "

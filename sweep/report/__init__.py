@@ -4,6 +4,7 @@ Output folder (``RESULTS_DIR/report/`` or ``--out``):
 
 - ``trials.csv``: one row per trial (hyperparameters as ``param.<name>``, metrics, ``time_s.*``);
 - ``robustness.csv``: one row per method (and sweep / data variant when there are several);
+- ``importance.csv``: per method, each swept hyperparameter's PED-ANOVA importance (sweep.report.importance);
 - ``figures/<name>.png`` and ``.svg``: one per question, skipped when the sweep has no data for it;
 - ``index.html``: everything above in one file that opens from disk without a network.
 """
@@ -18,6 +19,7 @@ from sweep.io import write_text
 from sweep.report.canvas import PlotData
 from sweep.report.figures import draw_figures
 from sweep.report.html import render_html
+from sweep.report.importance import write_importance
 from sweep.report.load import load_sweeps, load_trials, read_trials, sft_length, sweep_progress
 from sweep.report.robustness import (
     BUDGETS,
@@ -94,7 +96,10 @@ def build_report(
         trials, objective, group_labels(trials, columns), scored_values(trials, objective), references
     )
     figures = draw_figures(data, report_dir / "figures")
-    page = render_html(sweeps, trials, objective, robustness, figures, warnings)
+    importance_figures, importance = write_importance(data, report_dir)
+    page = render_html(
+        sweeps, trials, objective, robustness, figures + importance_figures, warnings, importance
+    )
     write_text(report_dir / "index.html", page)
     _print_table(robustness, objective, console, warnings)
     return report_dir

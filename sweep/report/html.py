@@ -171,6 +171,7 @@ def render_html(
     robustness: pd.DataFrame,
     figures: list[FigureFile],
     warnings: list[str] = (),
+    importance: str = "",
 ) -> str:
     """The whole report page as one string."""
     names = ", ".join(s.name for s in sweeps)
@@ -193,6 +194,8 @@ Generated {utc_now()}. Tables: <a href="robustness.csv">robustness.csv</a>,
 {_trial_lists(trials, list(warnings))}
 <h2>Figures</h2>
 {figure_html}
+<h2>Hyperparameter importance</h2>
+{importance}
 <h2>Recipe</h2>
 {_recipes(sweeps)}
 <h2>Sweep details</h2>

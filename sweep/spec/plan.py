@@ -8,7 +8,7 @@ method's space `n_trials` times per seed; their trial ids are known once sampled
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from sweep.io import json_digest
@@ -90,6 +90,12 @@ def trial_id(method: str, params: Mapping[str, float], seed: int, variant: str |
 def sampled_trial_id(method: str, params: Mapping[str, float], seed: int, variant: str | None = None) -> str:
     """Id of a sampled (random/TPE) trial: the readable id plus a digest of the exact values."""
     return f"{trial_id(method, params, seed, variant)}-{_digest(dict(params))[:6]}"
+
+
+def axis_scale(name: str, values: Sequence[float]) -> tuple[float, float, bool]:
+    """The range a hyperparameter's values span and whether it reads on a log scale (the registry's `log`)."""
+    low, high = min(values), max(values)
+    return low, high, HYPERPARAMETERS[name].log and low > 0
 
 
 def _grid_points(method: str, space: Mapping[str, list[float]]) -> list[dict[str, float]]:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 POSWEEP_TRL_FIELDS = {
     "output_dir", "seed", "data_seed", "report_to", "logging_dir", "disable_tqdm", "save_strategy",
-    "eval_strategy", "logging_nan_inf_filter", "use_cpu", "bf16", "fp16", "loss_weights",
+    "eval_strategy", "logging_nan_inf_filter", "use_cpu", "bf16", "fp16", "loss_weights", "run_name",
+    "project",
 }  # fmt: skip
 
 

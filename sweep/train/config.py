@@ -23,6 +23,8 @@ def trl_config(
     seed: int,
     output_dir: str | Path,
     device: str = "cpu",
+    run_name: str | None = None,
+    project: str = "posweep",
 ):
     """The TRL config of one trial: the method's fields, the recipe's train settings, then posweep's own.
 
@@ -52,6 +54,7 @@ def trl_config(
     kwargs[new_name if new_name in fields else "gradient_checkpointing"] = train.gradient_checkpointing
     kwargs.update(train.extra)
     kwargs.update(posweep_fields(output_dir, seed, train.precision, device))
+    kwargs.update(report_to=list(train.report_to) or "none", run_name=run_name, project=project)
     return config_class(**kwargs)
 
 

@@ -44,6 +44,7 @@ from sweep.train.lengths import apply_length_policy
 from sweep.train.lora import lora_config, reference_sync
 from sweep.train.numerics import divergence, planned_steps, trainable_copy, training_record, trust_region_note
 from sweep.train.shared import REFERENCE_BATCH_FACTOR, SharedTraining, _model_stamp, reference_columns
+from sweep.train.trackers import TrackedRun, check_installed
 
 EVALUATION_TIMES = ("generate", "judge", "kl")
 TIME_KEYS = ("load", "train", *EVALUATION_TIMES, "total")
@@ -99,6 +100,7 @@ class Worker:
         self._evaluator_factory = evaluator_factory
         self._evaluator = None
         self._lora = lora_config(recipe.model.lora) if recipe.model.lora else None
+        check_installed(recipe.train.report_to)
         model_path = recipe.model.path
         tokenizer = recipe.model.tokenizer
         tokenizer_path = tokenizer or model_path
@@ -171,7 +173,11 @@ class Worker:
         folder.start(params)
         outcome = _Outcome()
         try:
-            self._train_and_evaluate(spec, method, folder, report, outcome)
+            with TrackedRun(
+                self.recipe.train.report_to, self.results.name, spec, folder.tensorboard
+            ) as tracked:
+                self._train_and_evaluate(spec, method, folder, report, outcome, tracked)
+                tracked.log_final(outcome.metrics, outcome.objective, outcome.train.get("steps", 0))
         except KeyboardInterrupt:
             outcome.state, outcome.objective = "interrupted", None
             self._write_metrics(spec, folder, outcome, started, clock + self.setup_s - setup, attempt)
@@ -194,6 +200,7 @@ class Worker:
         folder: TrialFolder,
         report: Callable[[int, float], bool] | None,
         outcome: _Outcome,
+        tracked: TrackedRun,
     ) -> None:
         """The body of a trial: build, train, evaluate, keep weights; fills `outcome` as it goes."""
         set_seed(spec.seed)
@@ -212,7 +219,8 @@ class Worker:
         quick = evaluator.quick if evaluator is not None else None
         clock = time.perf_counter()
         callback = TrialCallback(folder.log, self.recipe.eval.every_steps, quick, report)
-        trainer = self._trainer(spec, method, policy, reference, folder.scratch, callback)
+        with tracked.building_trainer():
+            trainer = self._trainer(spec, method, policy, reference, folder.scratch, callback)
         reference_s = self._supply_reference(trainer, method) if method.reference == "fixed" else None
         output = trainer.train()
         policy, rows = trainer.model, len(trainer.train_dataset)
@@ -255,7 +263,10 @@ class Worker:
         callback: TrialCallback,
     ):
         """The method's TRL trainer for this trial, its data prepared as the method needs."""
-        config = trl_config(method, spec.params, self.recipe.train, spec.seed, output_dir, self.device)
+        names = {"run_name": spec.trial_id, "project": self.results.name}
+        config = trl_config(
+            method, spec.params, self.recipe.train, spec.seed, output_dir, self.device, **names
+        )
         extra = {"ref_model": reference} if method.reference != "none" else {}
         if self._lora is not None:
             extra["peft_config"] = self._lora
