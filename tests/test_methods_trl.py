@@ -30,9 +30,10 @@ def test_config_has_method_fields_and_shared_settings(name, tmp_path):
         assert _normalized(key, getattr(config, key)) == _normalized(key, value)
     assert config.learning_rate == method.defaults["learning_rate"]
     assert config.beta == method.defaults["beta"]
+    # KTO's rows are half pairs: its batch holds two rows per pair (the same pairs per optimizer step)
     assert (config.max_steps, config.per_device_train_batch_size, config.gradient_accumulation_steps) == (
         7,
-        4,
+        8 if method.data == "unpaired" else 4,
         2,
     )
     assert config.max_length == 96

@@ -13,7 +13,7 @@ import torch
 import zoo
 from transformers import AutoModelForCausalLM
 
-from sweep.hf.formats import encode_prompt
+from sweep.hf.formats import encode_prompt, pair_token_ids
 from sweep.io import read_json
 from sweep.report.html import _training_data
 from sweep.results import SweepFolder, SweepRecord
@@ -145,8 +145,15 @@ def policy_changes(model_dir, folder, **train) -> tuple[float, float, float]:
     assert result.state == "complete", result.error
     trained = AutoModelForCausalLM.from_pretrained(worker.trial_dir("dpo-lr1e-6") / "model").double()
     sft = AutoModelForCausalLM.from_pretrained(model_dir).double()
+    # input-embedding rows of tokens absent from the data get no gradient in any dtype: left out
+    used = sorted(
+        {token for row in worker.pairs() for ids in pair_token_ids(worker.tokenizer, row) for token in ids}
+    )
+    embedding = trained.get_input_embeddings().weight
     changed = total = 0
-    for (_, after), before in zip(trained.state_dict().items(), sft.state_dict().values(), strict=True):
+    for after, before in zip(trained.parameters(), sft.parameters(), strict=True):
+        if after is embedding and embedding is not trained.get_output_embeddings().weight:
+            after, before = after[used], before[used]
         changed += int((after != before).sum())
         total += after.numel()
     kls = []
