@@ -36,7 +36,8 @@ def _read_jsonl(path: Path) -> tuple[list[dict], list[str]]:
             try:
                 rows.append(json.loads(line))
             except ValueError as error:
-                detail = f"{error.msg} (column {error.colno})" if hasattr(error, "colno") else first_line(error)
+                colno = getattr(error, "colno", None)
+                detail = f"{error.msg} (column {colno})" if colno else first_line(error)
                 raise ValueError(f"line {number}: invalid JSON: {detail}") from None
             places.append(f"{path.name} line {number}")
     return rows, places
