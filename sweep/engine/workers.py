@@ -6,6 +6,7 @@ with its state; it stops when nothing is queued and no other live worker holds a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -102,7 +103,8 @@ def worker_loop(
         except OSError as error:
             if not is_disk_error(error):
                 raise
-            close(sweep, trial, attrs, "failed", "disk")
+            with contextlib.suppress(OSError):  # the study may live on the same full disk
+                close(sweep, trial, attrs, "failed", "disk")
             raise DiskFull(f"{spec.trial_id}: {error.strerror}: {error.filename}") from None
         reason = (result.error or {}).get("reason")
         close(sweep, trial, {**attrs, "objective": result.objective}, result.state, reason, result.objective)
