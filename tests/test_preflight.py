@@ -341,3 +341,35 @@ def test_run_help_documents_the_exit_codes():
     text = " ".join(result.stdout.split())
     assert "Exit codes: 0 every planned trial ended complete, diverged or pruned; 1 at least one" in text
     assert "2 bad input" in text and "130 Ctrl-C; 143 SIGTERM" in text
+
+
+def test_validate_deep_refuses_a_bad_judge_with_the_field(inputs, tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe(inputs, judge={"callable": "pf_judges:short"}), sort_keys=False))
+    cwd = os.getcwd()
+    os.chdir(inputs)
+    try:
+        result = CliRunner().invoke(app, ["validate", "--deep", str(path), "--results", str(tmp_path / "r")])
+    finally:
+        os.chdir(cwd)
+    assert result.exit_code == 2
+    assert (
+        result.stderr.strip()
+        == f"{path}: error: judge.callable: judge short: returned 1 scores for 4 responses"
+    )
+    assert not (tmp_path / "r").exists()
+
+
+def test_removed_on_failure_removes_only_what_the_block_created(tmp_path):
+    from sweep.engine.folder import removed_on_failure
+
+    (tmp_path / "results" / "old").mkdir(parents=True)
+    target = tmp_path / "results" / "new" / "sweep"
+    with pytest.raises(RuntimeError), removed_on_failure(target):
+        (target / "trials").mkdir(parents=True)
+        raise RuntimeError("open failed")
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["old"]
+    with pytest.raises(RuntimeError), removed_on_failure(tmp_path / "results" / "old"):
+        (tmp_path / "results" / "old" / "file").write_text("x")
+        raise RuntimeError("open failed")
+    assert (tmp_path / "results" / "old" / "file").exists(), "an existing folder is never removed"
