@@ -205,7 +205,7 @@ MISTAKES = {
     "train mixed formats": ({"data.train.path": _rows(MIXED)}, r"data\.train: row 1: .*rows\.jsonl line 2"),
     "train path is a folder": (
         {"data.train.path": _folder_named_like_a_file},
-        r"data\.train\.path: .*not a file",
+        r"data\.train: cannot load dataset .*dir\.jsonl",
     ),
     "storage unreachable": (
         {"execution": {"storage": "postgresql://posweep:s3cret@127.0.0.1:9/none"}},

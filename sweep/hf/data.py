@@ -84,8 +84,6 @@ def _read_placed(source: Source, where: str) -> tuple[list[dict], list[str]]:
             return _read_local(path)
         except UserError as error:
             raise UserError(f"{where}.path: {error}") from None
-    if path.exists():
-        raise UserError(f"{where}.path: {path} is not a file")
     import datasets
 
     try:
