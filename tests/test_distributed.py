@@ -505,3 +505,23 @@ def test_a_preempted_slurm_worker_requeues_itself_and_retrains_only_the_interrup
     ]
     assert all([state for state, _ in r] == ["COMPLETE"] for t, r in runs.items() if t != victim)
     assert_all_complete(sweep, recipe, attempts={victim: 2})
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_multi_worker_run_reaches_every_worker_process(inputs, tmp_path, procs):
+    """`kill PID` of `posweep run --workers 2` only: the parent passes SIGTERM on; every running trial
+    is recorded interrupted and the run exits 143."""
+    recipe = sweep_recipe(inputs, "term2", 4, train={**TRAIN, "max_steps": 60})
+    sweep = tmp_path / "results" / "term2"
+    run = procs.start("run", recipe, "--results", tmp_path / "results", "--workers", "2", "-q")
+    wait_for(lambda: len(list(sweep.glob("trials/*/params.json"))) >= 2, 240, "two trials to start", [run])
+    time.sleep(0.5)
+    signalled = time.monotonic()
+    run.send_signal(signal.SIGTERM)
+    output = procs.finish(run, timeout=60, code=143)
+    assert time.monotonic() - signalled < 10, output
+    states = {t: m and m["state"] for t, m in trial_files(sweep).items()}
+    assert list(states.values()).count("interrupted") >= 1, (states, output)
+    assert set(states.values()) <= {"complete", "interrupted"}, states
+    runs = history(sweep, None)
+    assert not [t for t, r in runs.items() if any(s == "RUNNING" for s, _ in r)], "a trial was left running"

@@ -373,11 +373,10 @@ def _run_processes(
                 progress.log(item[1])
             else:
                 progress(item)
-    except KeyboardInterrupt as error:
-        forwarded = signal.SIGTERM if isinstance(error, Terminated) else signal.SIGINT
+    except Terminated:  # a Ctrl-C reaches the whole process group; a SIGTERM may reach this process only
         for proc in procs:
             if proc.is_alive():
-                os.kill(proc.pid, forwarded)
+                os.kill(proc.pid, signal.SIGTERM)
         raise
     finally:
         for proc in procs:
