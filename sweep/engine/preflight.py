@@ -22,10 +22,10 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from sweep.engine.storage import open_storage, storage_url
+from sweep.engine.storage import check_reachable, storage_url
 from sweep.errors import UserError
 from sweep.io import first_line
 from sweep.results import SftBaseline, SweepFolder
@@ -42,9 +42,8 @@ JUDGE_PROBE = 4
 
 @dataclass
 class Checked:
-    """What the preflight found: its report lines and the SFT baseline to hand to the sweep folder."""
+    """What the preflight leaves for the sweep: the SFT baseline to hand to the sweep folder."""
 
-    lines: list[str] = field(default_factory=list)
     baseline: SftBaseline | None = None
 
     def hand_over(self, folder: SweepFolder) -> None:
@@ -119,16 +118,13 @@ def check_results_folder(root: Path, name: str, field_name: str) -> str:
     return f"{shutil.disk_usage(existing).free / 2**30:.1f} GiB free"
 
 
-def _storage(value: str | None, field_name: str, root: Path) -> str:
+def _storage(value: str | None, field_name: str) -> str:
     """Connect to the study storage (a database URL) once; the journal file needs the results folder only."""
     with blame(field_name):
         url = storage_url(value)
         if url is None:
             return "journal file in the sweep folder"
-        storage = open_storage(url, root)
-    engine = getattr(storage, "engine", None)
-    if engine is not None:
-        engine.dispose()
+        check_reachable(url)
     return "reachable"
 
 
@@ -185,7 +181,6 @@ def preflight(
     checked = Checked()
 
     def say(line: str) -> None:
-        checked.lines.append(line)
         log(f"preflight: {line}")
 
     plan = plan_recipe(recipe)
@@ -193,7 +188,7 @@ def preflight(
     where_root = "--results" if results is not None else "execution.results_dir"
     free = check_results_folder(root, recipe.name, where_root)
     where_storage = "--storage" if storage is not None else "execution.storage"
-    reach = _storage(storage or recipe.execution.storage, where_storage, root)
+    reach = _storage(storage or recipe.execution.storage, where_storage)
     say(f"results folder {root} writable ({free}); storage: {reach}")
     with tempfile.TemporaryDirectory(prefix="posweep-preflight-") as staging:
         checked.baseline = _models_data_judges(recipe, plan, device, Path(staging), existing, say)

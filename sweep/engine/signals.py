@@ -11,7 +11,7 @@ import contextlib
 import signal
 from collections.abc import Iterator
 
-EXIT_OK, EXIT_FAILED, EXIT_USER, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+EXIT_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 130, 143
 
 
 class Terminated(KeyboardInterrupt):

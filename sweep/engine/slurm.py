@@ -21,7 +21,7 @@ import signal
 from pathlib import Path
 
 from sweep.engine.queue import Sweep
-from sweep.engine.signals import Terminated
+from sweep.engine.signals import EXIT_TERMINATED, Terminated
 from sweep.engine.workers import run_worker
 from sweep.errors import UserError
 from sweep.spec.recipe import Locate, SlurmSpec, as_given
@@ -51,7 +51,7 @@ class WorkerJob(Checkpointable):
         try:
             code = run_worker(folder, storage, None, True, locate)
         except Terminated:
-            code = 143
+            code = EXIT_TERMINATED
         if preempted and callable(requeue):
             requeue(preempted[0], None)
         return code
