@@ -73,8 +73,9 @@ def validate(
             from sweep.builtin import resolve
             from sweep.engine.preflight import preflight
             from sweep.errors import UserError
+            from sweep.hf.loading import resolve_device
 
-            device = "cpu" if loaded.execution.devices == "cpu" else _default_device()
+            device = "cpu" if loaded.execution.devices == "cpu" else resolve_device("auto").type
             try:
                 preflight(loaded.located(resolve), results, None, device, typer.echo)
             except UserError as error:
@@ -84,12 +85,6 @@ def validate(
         typer.echo(f"{file}: ok ({plan.total} trials, {plan.strategy})")
     if failed:
         raise typer.Exit(2)
-
-
-def _default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @app.command()
@@ -220,7 +215,7 @@ def worker(
     max_trials: Annotated[int | None, typer.Option(min=1, help="stop after this many trials")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar; a line per trial")] = False,
 ) -> None:
-    """Join a running sweep (on this or another machine) and run trials until none is left."""
+    """Join a running sweep (on this or another machine) and run trials; exit codes as posweep run's."""
     from sweep.builtin import resolve
     from sweep.engine.workers import run_worker
 
