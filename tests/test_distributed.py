@@ -317,8 +317,11 @@ def test_a_worker_killed_mid_trial_is_replaced_and_its_trial_retried(inputs, tmp
     recipe = sweep_recipe(inputs, "pg-kill", 5, storage=f"env:{PG_VARIABLE}", train={**TRAIN, "max_steps": 8})
     env = {PG_VARIABLE: pg_url}
     sweep = tmp_path / "results" / "pg-kill"
+    # the sweep exists before the runner and the workers start, so they all start cold (a runner started
+    # first is warm from its preflight when sweep.json appears, and may finish every trial alone)
+    first = procs.start("run", recipe, "--results", tmp_path / "results", "-q", "--max-trials", "1", env=env)
+    procs.finish(first, timeout=240)
     runner = procs.start("run", recipe, "--results", tmp_path / "results", "-q", env=env)
-    wait_for(lambda: (sweep / "sweep.json").exists(), 60, "sweep.json", [runner])
     workers = [
         procs.start("worker", sweep, "--storage", f"env:{PG_VARIABLE}", "-q", env=env) for _ in range(2)
     ]
