@@ -269,14 +269,14 @@ def run_sweep(
         try:
             return _run(recipe, results, storage, max_trials, new, quiet, locate, envs, started, log)
         except KeyboardInterrupt as error:
-            log("interrupted before the first trial; nothing was written")
+            log("interrupted before the first trial started; run the same command again")
             return exit_code(error)
 
 
 def _run(recipe, results, storage, max_trials, new, quiet, locate, envs, started, log) -> int:
     """The body of `run_sweep`, with SIGTERM raising Terminated."""
     root = Path(results if results is not None else recipe.execution.results_dir)
-    device = envs[0]["POSWEEP_DEVICE"]
+    device = _preflight_device(envs)
     checked = preflight(recipe.located(locate), results, storage, device, log, _existing(root, recipe))
     with removed_on_failure(root / recipe.name):
         sweep = open_sweep(recipe, results, storage, new)
@@ -291,7 +291,6 @@ def _run(recipe, results, storage, max_trials, new, quiet, locate, envs, started
     interrupted, crashed, full = None, [], None
     try:
         if len(envs) == 1:
-            os.environ.update(envs[0])
             importing = time.perf_counter()
             _configure_process(envs[0])
             setup_s = time.perf_counter() - importing
@@ -330,6 +329,16 @@ def _run(recipe, results, storage, max_trials, new, quiet, locate, envs, started
         )
         return EXIT_FAILED
     return _outcome(sweep, progress)
+
+
+def _preflight_device(envs: list[dict[str, str]]) -> str:
+    """Where the preflight runs: this process's own device when it is the only worker (its GPU pinning
+    set now, before CUDA starts), else the first worker's GPU."""
+    if len(envs) == 1:
+        os.environ.update(envs[0])
+        return envs[0]["POSWEEP_DEVICE"]
+    first = envs[0]
+    return f"cuda:{first['CUDA_VISIBLE_DEVICES']}" if first["POSWEEP_DEVICE"] == "cuda" else "cpu"
 
 
 def _existing(root: Path, recipe: Recipe) -> SweepFolder | None:
