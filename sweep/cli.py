@@ -49,7 +49,13 @@ def user_errors(command):
 
 @app.command()
 @user_errors
-def validate(files: Annotated[list[Path], typer.Argument(help="recipe files", show_default=False)]) -> None:
+def validate(
+    files: Annotated[list[Path], typer.Argument(help="recipe files", show_default=False)],
+    deep: Annotated[
+        bool, typer.Option("--deep", help="also run the preflight: model, data, judges (writes nothing)")
+    ] = False,
+    results: Annotated[Path | None, typer.Option(help="results root to check (with --deep)")] = None,
+) -> None:
     """Check recipes: exit 0 when all are valid, 2 when any is not (every problem is listed)."""
     from sweep.spec.plan import plan_recipe
     from sweep.spec.validate import RecipeError, load_recipe
@@ -57,12 +63,26 @@ def validate(files: Annotated[list[Path], typer.Argument(help="recipe files", sh
     failed = False
     for file in files:
         try:
-            plan = plan_recipe(load_recipe(file))
+            loaded = load_recipe(file)
+            plan = plan_recipe(loaded)
         except RecipeError as error:
             typer.echo(str(error), err=True)
             failed = True
-        else:
-            typer.echo(f"{file}: ok ({plan.total} trials, {plan.strategy})")
+            continue
+        if deep:
+            from sweep.builtin import resolve
+            from sweep.engine.preflight import preflight
+            from sweep.errors import UserError
+            from sweep.hf.loading import resolve_device
+
+            device = "cpu" if loaded.execution.devices == "cpu" else resolve_device("auto").type
+            try:
+                preflight(loaded.located(resolve), results, None, device, typer.echo)
+            except UserError as error:
+                typer.echo(f"{file}: error: {error}", err=True)
+                failed = True
+                continue
+        typer.echo(f"{file}: ok ({plan.total} trials, {plan.strategy})")
     if failed:
         raise typer.Exit(2)
 
@@ -135,9 +155,19 @@ def run(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar; a line per trial")] = False,
     launcher: Annotated[str, typer.Option(help="local: run here; slurm: submit a worker array")] = "local",
 ) -> None:
-    """Run (or resume) a sweep: train and evaluate every trial, writing results/<name>/."""
+    """Run (or resume) a sweep: train and evaluate every trial, writing results/<name>/.
+
+    A preflight first loads the model, data and judges, generates and scores the SFT baseline and checks
+    the results folder and storage; on bad input nothing is written.
+
+    Exit codes: 0 every planned trial ended complete, diverged or pruned; 1 at least one trial failed after
+    its retries (the last line names them and where their errors are) or the results folder filled up;
+    2 bad input (recipe, data, judges, storage, results folder), nothing written; 130 Ctrl-C;
+    143 SIGTERM (the running trial is marked interrupted; rerun to resume it).
+    """
     from sweep.builtin import resolve
-    from sweep.engine.folder import open_sweep
+    from sweep.engine.folder import open_sweep, removed_on_failure
+    from sweep.engine.preflight import preflight
     from sweep.engine.queue import reconcile
     from sweep.engine.workers import run_sweep
     from sweep.errors import UserError
@@ -160,7 +190,11 @@ def run(
         raise UserError(f"--launcher must be local or slurm, got {launcher!r}")
     from sweep.engine.slurm import submit_workers
 
-    sweep = open_sweep(loaded, results, storage, new)
+    checked = preflight(loaded.located(resolve), results, storage, "cpu", typer.echo)
+    root = Path(results if results is not None else loaded.execution.results_dir)
+    with removed_on_failure(root / loaded.name):
+        sweep = open_sweep(loaded, results, storage, new)
+        checked.hand_over(sweep.folder)
     counts = reconcile(sweep)
     spec = loaded.execution.slurm
     jobs = submit_workers(
@@ -181,7 +215,7 @@ def worker(
     max_trials: Annotated[int | None, typer.Option(min=1, help="stop after this many trials")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar; a line per trial")] = False,
 ) -> None:
-    """Join a running sweep (on this or another machine) and run trials until none is left."""
+    """Join a running sweep (on this or another machine) and run trials; exit codes as posweep run's."""
     from sweep.builtin import resolve
     from sweep.engine.workers import run_worker
 
@@ -191,10 +225,13 @@ def worker(
 @app.command()
 @user_errors
 def status(sweep_dir: ResultsArg) -> None:
-    """Show a sweep's trial states, objectives, counts, elapsed and remaining time."""
+    """Show a sweep's trial states, objectives, counts, elapsed and remaining time.
+
+    Exit code: 1 when the sweep has finished and a trial failed after its retries, else 0 (as posweep run).
+    """
     from sweep.engine.status import print_status
 
-    print_status(sweep_dir)
+    raise typer.Exit(print_status(sweep_dir))
 
 
 @app.command()

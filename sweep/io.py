@@ -78,11 +78,22 @@ def write_jsonl(path: str | Path, records: list[dict]) -> None:
 
 
 def append_jsonl(path: str | Path, record: dict) -> None:
-    """Append one JSON line to `path` (a log: partial files are acceptable, lines are whole)."""
+    """Append one JSON line to `path`; a line that cannot be written whole (a full disk) is taken back."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(_clean(record), default=str) + "\n")
+    line = (json.dumps(_clean(record), default=str) + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            view = memoryview(line)
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError:
+            os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)
 
 
 def read_json(path: str | Path) -> Any:

@@ -317,8 +317,11 @@ def test_a_worker_killed_mid_trial_is_replaced_and_its_trial_retried(inputs, tmp
     recipe = sweep_recipe(inputs, "pg-kill", 5, storage=f"env:{PG_VARIABLE}", train={**TRAIN, "max_steps": 8})
     env = {PG_VARIABLE: pg_url}
     sweep = tmp_path / "results" / "pg-kill"
+    # the sweep exists before the runner and the workers start, so they all start cold (a runner started
+    # first is warm from its preflight when sweep.json appears, and may finish every trial alone)
+    first = procs.start("run", recipe, "--results", tmp_path / "results", "-q", "--max-trials", "1", env=env)
+    procs.finish(first, timeout=240)
     runner = procs.start("run", recipe, "--results", tmp_path / "results", "-q", env=env)
-    wait_for(lambda: (sweep / "sweep.json").exists(), 60, "sweep.json", [runner])
     workers = [
         procs.start("worker", sweep, "--storage", f"env:{PG_VARIABLE}", "-q", env=env) for _ in range(2)
     ]
@@ -450,3 +453,78 @@ def test_run_killed_at_five_random_moments_resumes_to_exactly_the_plan(inputs, t
     assert all([s for s, _ in r].count("COMPLETE") == 1 for r in runs.values()), (runs, context)
     assert all(s in ("COMPLETE", "FAIL") for r in runs.values() for s, _ in r), (runs, context)
     print(f"{context}; {len(seen)} trials complete before the last run")
+
+
+@pytest.mark.slow
+def test_a_preempted_slurm_worker_requeues_itself_and_retrains_only_the_interrupted_trial(
+    inputs, tmp_path, procs
+):
+    """submitit's local executor: the requeue signal (SIGUSR2) to a worker mid-trial records the trial
+    interrupted, submitit checkpoints and requeues the job, and the requeued job finishes the sweep."""
+    slurm = {"gpus_per_worker": 0, "cpus_per_worker": 1, "mem_gb": 1, "time_min": 10}
+    recipe = sweep_recipe(inputs, "requeue", 2, train={**TRAIN, "max_steps": 40}, slurm=slurm)
+    sweep = tmp_path / "results" / "requeue"
+    submit = procs.start(
+        "run", recipe, "--results", tmp_path / "results", "--launcher", "slurm", "--workers", "1",
+        env={"POSWEEP_SUBMITIT_CLUSTER": "local"},
+    )  # fmt: skip
+    job = re.search(r"submitted 1 SLURM worker jobs for .*: (\d+)$", procs.finish(submit, 120), re.M)
+    assert job, procs.outputs()
+    job = job.group(1)
+    study = study_of(sweep, None)
+
+    def a_trial_mid_flight():
+        from optuna.trial import TrialState
+
+        from sweep.engine.queue import ATTR
+
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            attrs = trial.user_attrs.get(ATTR, {})
+            folder = sweep / "trials" / attrs.get("trial_id", "?")
+            if (
+                attrs.get("pid")
+                and (folder / "params.json").exists()
+                and not (folder / "metrics.json").exists()
+            ):
+                return attrs["pid"], attrs["trial_id"]
+        return None
+
+    pid, victim = wait_for(a_trial_mid_flight, 240, "the SLURM worker to start a trial")
+    time.sleep(0.5)
+    os.kill(pid, signal.SIGUSR2)
+    result = sweep / "slurm" / job / f"{job}_0_result.pkl"
+    try:
+        wait_for(result.exists, 300, "the requeued job to finish the sweep")
+    finally:
+        if not result.exists():
+            os.kill(int(job), signal.SIGTERM)
+    assert pickle.loads(result.read_bytes()) == ("success", 0)
+    logs = "".join(path.read_text() for path in sorted((sweep / "slurm").rglob("*_log.*")))
+    assert f"Requeued job {job}" in logs, logs[-3000:]
+    runs = history(sweep, None)
+    assert [(state, attrs["state"], attrs["reason"]) for state, attrs in runs[victim]] == [
+        ("FAIL", "interrupted", "terminated"),
+        ("COMPLETE", "complete", None),
+    ]
+    assert all([state for state, _ in r] == ["COMPLETE"] for t, r in runs.items() if t != victim)
+    assert_all_complete(sweep, recipe, attempts={victim: 2})
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_multi_worker_run_reaches_every_worker_process(inputs, tmp_path, procs):
+    """`kill PID` of `posweep run --workers 2` only: the parent passes SIGTERM on; every running trial
+    is recorded interrupted and the run exits 143."""
+    recipe = sweep_recipe(inputs, "term2", 4, train={**TRAIN, "max_steps": 60})
+    sweep = tmp_path / "results" / "term2"
+    run = procs.start("run", recipe, "--results", tmp_path / "results", "--workers", "2", "-q")
+    wait_for(lambda: len(list(sweep.glob("trials/*/params.json"))) >= 2, 240, "two trials to start", [run])
+    time.sleep(0.5)
+    signalled = time.monotonic()
+    run.send_signal(signal.SIGTERM)
+    output = procs.finish(run, timeout=60, code=143)
+    assert time.monotonic() - signalled < 10, output
+    states = {t: m and m["state"] for t, m in trial_files(sweep).items()}
+    assert list(states.values()).count("interrupted") >= 1, (states, output)
+    assert set(states.values()) <= {"complete", "interrupted"}, states
+    runs = history(sweep, None)
+    assert not [t for t, r in runs.items() if any(s == "RUNNING" for s, _ in r)], "a trial was left running"

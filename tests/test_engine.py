@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -162,7 +163,12 @@ def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(inputs, tmp_path):
         },
     )
     result = run("run", recipe, "--results", tmp_path, "--quiet")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # exit codes (issue 15): a trial failed after its retries
+    failed_id = "tr-dpo-b0.1-lr0.001-a0.5-s0"
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith(f"1 trial(s) failed after their retries: {failed_id} (errors: ")
+    assert str(tmp_path / "fails" / "trials" / failed_id / "traceback.txt") in last
+    assert run("status", tmp_path / "fails").exit_code == 1
     metrics = trial_files(tmp_path / "fails")
     failed = metrics["tr-dpo-b0.1-lr0.001-a0.5-s0"]
     assert metrics["dpo-b0.1-lr0.001-s0"]["state"] == "complete"
@@ -305,3 +311,42 @@ def test_keep_best_keeps_only_the_best_complete_trial(inputs, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(sweep / "trials" / best / "model")
     sft = AutoModelForCausalLM.from_pretrained(inputs / "model")
     assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), sft.parameters(), strict=True))
+
+
+def test_sigterm_mid_trial_exits_143_marks_it_interrupted_and_a_rerun_trains_only_it(inputs, tmp_path):
+    """What SLURM sends on preemption, at the time limit and on scancel, to a real `posweep run`."""
+    methods = {"dpo": {"beta": [0.1, 0.2], "learning_rate": [1e-3]}}
+    recipe = write_recipe(inputs, "term", methods, train={"max_steps": 40, "max_length": 48})
+    sweep = tmp_path / "term"
+    first = run("run", recipe, "--results", tmp_path, "--quiet", "--max-trials", "1")
+    assert first.exit_code == 0, first.output
+    (done,) = [t for t, m in trial_files(sweep).items() if m and m["state"] == "complete"]
+    stamp = (sweep / "trials" / done / "metrics.json").stat().st_mtime_ns
+    process = _start(recipe, tmp_path)
+    deadline = time.monotonic() + 120
+    while not [p for p in sweep.glob("trials/*/params.json") if p.parent.name != done]:
+        assert process.poll() is None and time.monotonic() < deadline, process.stdout.read().decode()
+        time.sleep(0.05)
+    (victim,) = [p.parent.name for p in sweep.glob("trials/*/params.json") if p.parent.name != done]
+    time.sleep(0.5)  # into training
+    signalled = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    code = process.wait(timeout=60)
+    stop_s = time.monotonic() - signalled
+    output = process.stdout.read().decode()
+    assert code == 143, output
+    assert stop_s < 10, f"SIGTERM took {stop_s:.1f} s to stop the run"
+    assert "terminated (SIGTERM)" in output
+    interrupted = trial_files(sweep)[victim]
+    assert interrupted["state"] == "interrupted" and interrupted["objective"] is None
+    status = run("status", sweep)
+    assert status.exit_code == 0 and "1 complete, 1 interrupted of 2 planned" in status.output
+    assert re.search(rf"{re.escape(victim)}\s+dpo\s+interrupted", status.output), status.output
+    again = run("run", recipe, "--results", tmp_path, "--quiet")
+    assert again.exit_code == 0, again.output
+    assert "1 done, 1 to run" in again.output
+    assert re.findall(r"^\[\d/2\] (\S+)  complete", again.output, re.MULTILINE) == [victim]
+    assert (sweep / "trials" / done / "metrics.json").stat().st_mtime_ns == stamp
+    after = trial_files(sweep)[victim]
+    assert after["state"] == "complete" and after["attempt"] == 2, "an interrupted trial is not a failure"
+    print(f"SIGTERM: exit 143 after {stop_s:.2f} s")

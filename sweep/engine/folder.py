@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,18 @@ def _choose_folder(recipe: Recipe, root: Path, plan: Plan, new: bool) -> Path:
     while SweepFolder(root / f"{recipe.name}-{index}").exists():
         index += 1
     return root / f"{recipe.name}-{index}"
+
+
+@contextlib.contextmanager
+def removed_on_failure(folder: Path) -> Iterator[None]:
+    """If the block fails, remove what it created of `folder` and its missing parents, never what existed."""
+    created = [path for path in (folder, *folder.parents) if not path.exists()]
+    try:
+        yield
+    except BaseException:
+        if created:
+            shutil.rmtree(created[-1], ignore_errors=True)
+        raise
 
 
 def open_sweep(

@@ -162,12 +162,17 @@ def reconcile(sweep: Sweep) -> dict[str, int]:
                 counts["queued"] += 1
             elif any(t.state == TrialState.RUNNING for t, _ in history):
                 counts["running"] += 1
-            elif states.count("failed") > sweep.recipe.execution.max_retries:
+            elif _failures(history) > sweep.recipe.execution.max_retries:
                 counts["given_up"] += 1
             else:
                 _enqueue(sweep, base, history)
                 counts["queued"] += 1
     return counts
+
+
+def _failures(history: list) -> int:
+    """Failed attempts that count toward `max_retries` (a full results folder is not the trial's fault)."""
+    return sum(attrs.get("state") == "failed" and attrs.get("reason") != "disk" for _, attrs in history)
 
 
 def _enqueue(sweep: Sweep, base: dict, history: list) -> None:

@@ -6,17 +6,56 @@ written into submitit's job files.
 
 For tests and dry runs, the environment variable POSWEEP_SUBMITIT_CLUSTER=local makes submitit start
 the workers as local processes instead of SLURM jobs (submitit's local executor).
+
+Preemption and time limits: each job is a `WorkerJob`, a submitit Checkpointable. When SLURM (or the local
+executor) sends submitit's requeue signal (SIGUSR2 by default), the running trial is recorded as
+interrupted first, then submitit's own handler checkpoints the job and requeues it, and the requeued job
+resumes the sweep (the interrupted trial runs again, not counted as a failure). SIGTERM (scancel) stops
+the worker the same way, with exit code 143 and no requeue.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 from sweep.engine.queue import Sweep
+from sweep.engine.signals import EXIT_TERMINATED, Terminated
 from sweep.engine.workers import run_worker
 from sweep.errors import UserError
 from sweep.spec.recipe import Locate, SlurmSpec, as_given
+
+try:
+    from submitit.helpers import Checkpointable
+except ImportError:  # submitit is the optional `slurm` extra; submit_workers says so
+    Checkpointable = object
+
+
+class WorkerJob(Checkpointable):
+    """One SLURM array task: `posweep worker` on a sweep, requeued through submitit when preempted."""
+
+    def __call__(self, folder: str, storage: str | None, locate: Locate = as_given) -> int:
+        from submitit import JobEnvironment
+
+        requeue_signal = JobEnvironment._usr_sig()
+        requeue = signal.getsignal(requeue_signal)
+        preempted = []
+
+        def stop(signum: int, frame) -> None:
+            preempted.append(signum)
+            signal.signal(signum, signal.SIG_IGN)
+            raise Terminated(signal.Signals(signum).name)
+
+        signal.signal(requeue_signal, stop)
+        try:
+            code = run_worker(folder, storage, None, True, locate)
+        except Terminated:
+            code = EXIT_TERMINATED
+        if preempted and callable(requeue):
+            requeue(preempted[0], None)
+        return code
+
 
 STORAGE_VARIABLE = "POSWEEP_STORAGE_URL"
 CLUSTER_VARIABLE = "POSWEEP_SUBMITIT_CLUSTER"
@@ -63,7 +102,5 @@ def submit_workers(
         }
     executor.update_parameters(**{k: v for k, v in parameters.items() if v not in (None, {})})
     with executor.batch():
-        jobs = [
-            executor.submit(run_worker, str(sweep.dir), storage, None, True, locate) for _ in range(workers)
-        ]
+        jobs = [executor.submit(WorkerJob(), str(sweep.dir), storage, locate) for _ in range(workers)]
     return [str(job.job_id) for job in jobs]

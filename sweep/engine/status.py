@@ -7,6 +7,8 @@ from pathlib import Path
 
 from sweep.results import RUNNING, SweepFolder, TrialRecord
 
+ENDED = ("complete", "diverged", "pruned", "failed")
+
 
 def _best(trials: list[TrialRecord], maximize: bool) -> TrialRecord | None:
     """The complete trial with the best objective."""
@@ -30,12 +32,27 @@ def summarize(sweep_dir: Path) -> str:
     return f"{text} of {planned} planned{best_text}"
 
 
+def failed_trials(sweep_dir: Path) -> list[str]:
+    """Ids of the trials whose last attempt failed."""
+    return [trial.trial_id for trial in SweepFolder(sweep_dir).trials() if trial.state == "failed"]
+
+
+def status_code(sweep_dir: Path) -> int:
+    """`posweep status`'s exit code: 1 when the sweep has finished (every planned trial ended) and a trial
+    failed, else 0 (a sweep still running or interrupted is not judged)."""
+    folder = SweepFolder(sweep_dir)
+    trials = folder.trials()
+    planned = folder.read_sweep().planned_total or len(trials)
+    finished = len(trials) >= planned and all(trial.state in ENDED for trial in trials)
+    return 1 if finished and any(trial.state == "failed" for trial in trials) else 0
+
+
 def _error_text(trial: TrialRecord) -> str:
     error = (trial.metrics and trial.metrics.error) or {}
     return f"{error.get('reason')}: {error.get('type')}: {error.get('message', '')}"[:80] if error else ""
 
 
-def print_status(sweep_dir: Path) -> None:
+def print_status(sweep_dir: Path) -> int:
     """`posweep status`: a table of trial states and objectives, counts, elapsed and remaining time."""
     from rich.console import Console
     from rich.table import Table
@@ -69,3 +86,8 @@ def print_status(sweep_dir: Path) -> None:
         f"elapsed {(last - created).total_seconds():.0f}s; {remaining} trials remaining"
         + (f", about {eta:.0f}s of trial time left" if eta is not None else "")
     )
+    code = status_code(sweep_dir)
+    if code:
+        failed = failed_trials(sweep_dir)
+        console.print(f"finished with {len(failed)} failed trial(s): {', '.join(failed)} (exit code 1)")
+    return code

@@ -17,6 +17,8 @@ from sweep.io import first_line
 from sweep.spec.recipe import Recipe
 
 QUERY_PASSWORD = re.compile(r"(?i)(^|&)(password=)([^&]*)")
+CONNECT_TIMEOUT_S = 15
+"""A database server that does not answer within this many seconds is unreachable (the preflight says so)."""
 
 
 def mask_url(url: str) -> str:
@@ -92,10 +94,32 @@ def open_storage(url: str | None, sweep_dir: Path):
         path = str(sweep_dir / "study.journal")
         return optuna.storages.JournalStorage(JournalFileBackend(path, lock_obj=_FlockLock(path + ".lock")))
     try:
-        return optuna.storages.RDBStorage(_with_driver(url), engine_kwargs={"pool_pre_ping": True})
+        return optuna.storages.RDBStorage(_with_driver(url), engine_kwargs=_engine_options(url))
     except Exception as error:  # SQLAlchemy raises many types for a bad URL or an unreachable server
         message = first_line(error)
         raise UserError(f"storage {mask_url(url)}: {_masked(message, url)}") from None
+
+
+def _engine_options(url: str) -> dict:
+    options: dict = {"pool_pre_ping": True}
+    if url.startswith(("postgresql", "postgres")):
+        options["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
+    return options
+
+
+def check_reachable(url: str) -> None:
+    """Connect to a database storage once, creating nothing (a UserError with the password masked)."""
+    import sqlalchemy
+
+    try:
+        engine = sqlalchemy.create_engine(_with_driver(url), **_engine_options(url))
+        try:
+            with engine.connect() as connection:
+                connection.execute(sqlalchemy.text("SELECT 1"))
+        finally:
+            engine.dispose()
+    except Exception as error:  # as in open_storage
+        raise UserError(f"storage {mask_url(url)}: {_masked(first_line(error), url)}") from None
 
 
 def _sampler(recipe: Recipe):

@@ -8,16 +8,27 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from sweep.engine.folder import Sweep, open_sweep, open_sweep_folder, sweep_storage, write_sweep_json
+from sweep.engine.folder import (
+    Sweep,
+    open_sweep,
+    open_sweep_folder,
+    removed_on_failure,
+    sweep_storage,
+    write_sweep_json,
+)
 from sweep.engine.live import RunningTrials
+from sweep.engine.preflight import is_disk_error, preflight
 from sweep.engine.progress import Event, Progress
 from sweep.engine.queue import Heartbeat, claim, close, keep_best, others_running, reconcile, spec_for, start
-from sweep.engine.status import summarize
+from sweep.engine.signals import EXIT_FAILED, Terminated, exit_code, graceful_sigterm, stop_on
+from sweep.engine.status import failed_trials, summarize
 from sweep.errors import UserError
 from sweep.io import utc_now
 from sweep.results import SweepFolder
@@ -25,6 +36,10 @@ from sweep.spec.metrics import selection_value
 from sweep.spec.recipe import Locate, Recipe, as_given
 
 POLL_S = 2.0
+
+
+class DiskFull(Exception):
+    """The results folder took no more data: the worker stops rather than retry into the same wall."""
 
 
 def worker_loop(
@@ -83,12 +98,21 @@ def worker_loop(
         try:
             with Heartbeat(sweep, trial, attrs):
                 result = worker.run(spec, attempt=attrs.get("attempt", 1), report=report)
-        except KeyboardInterrupt:
-            close(sweep, trial, attrs, "interrupted", "interrupted")
+        except KeyboardInterrupt as error:
+            why = "terminated" if isinstance(error, Terminated) else "interrupted"
+            close(sweep, trial, attrs, "interrupted", why)
             raise
+        except OSError as error:
+            if not is_disk_error(error):
+                raise
+            with contextlib.suppress(OSError):  # the study may live on the same full disk
+                close(sweep, trial, attrs, "failed", "disk")
+            raise DiskFull(f"{spec.trial_id}: {error.strerror}: {error.filename}") from None
         reason = (result.error or {}).get("reason")
         told = selection_value(result.metrics, recipe.eval.objective, result.objective)
         close(sweep, trial, {**attrs, "objective": result.objective}, result.state, reason, told)
+        if reason == "disk":
+            raise DiskFull(f"{spec.trial_id}: {(result.error or {}).get('message')}")
         if recipe.execution.keep == "best" and result.state == "complete":
             keep_best(sweep)
         seconds = time.perf_counter() - started
@@ -140,8 +164,9 @@ def _worker_process(
     importing = time.perf_counter()
     _configure_process(env)
     setup_s = time.perf_counter() - importing
+    stop_on(signal.SIGTERM)
     sweep = open_sweep_folder(recipe, Path(results), storage)
-    with contextlib.suppress(KeyboardInterrupt):
+    try:
         worker_loop(
             sweep,
             env["POSWEEP_DEVICE"],
@@ -151,6 +176,11 @@ def _worker_process(
             setup_s,
             locate,
         )
+    except KeyboardInterrupt as error:
+        sys.exit(exit_code(error))
+    except DiskFull as error:
+        queue.put(("log", f"stopped: the results folder is full or not writable: {error}"))
+        sys.exit(EXIT_FAILED)
 
 
 def _configure_process(env: dict) -> None:
@@ -187,14 +217,36 @@ def run_worker(
     _configure_process(env)
     sweep = open_sweep_folder(recipe, folder, sweep_storage(folder, storage))
     progress = Progress(sweep.plan.total, reconcile(sweep)["done"], quiet, RunningTrials(sweep))
-    try:
-        worker_loop(sweep, env["POSWEEP_DEVICE"], max_trials, progress, progress.log, locate=locate)
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        progress.close()
+    with graceful_sigterm():
+        try:
+            worker_loop(sweep, env["POSWEEP_DEVICE"], max_trials, progress, progress.log, locate=locate)
+        except KeyboardInterrupt as error:
+            return exit_code(error)
+        except DiskFull as error:
+            return _disk_full(progress, error)
+        finally:
+            progress.close()
     progress.log(summarize(folder))
-    return 0
+    return _outcome(sweep, progress)
+
+
+def _disk_full(progress: Progress, error: DiskFull) -> int:
+    progress.log(f"stopped: the results folder is full or not writable ({error}); free space and rerun")
+    return EXIT_FAILED
+
+
+def _outcome(sweep: Sweep, progress: Progress) -> int:
+    """Exit code of a finished run: 1 (with the count and where the errors are) if a trial failed for good."""
+    failed = failed_trials(sweep.dir)
+    if not failed or not reconcile(sweep)["given_up"]:
+        return 0
+    where = ", ".join(f"{sweep.dir / 'trials' / trial_id / 'traceback.txt'}" for trial_id in failed[:3])
+    more = f" and {len(failed) - 3} more" if len(failed) > 3 else ""
+    progress.log(
+        f"{len(failed)} trial(s) failed after their retries: {', '.join(failed)} "
+        f"(errors: {where}{more}; posweep status {sweep.dir})"
+    )
+    return EXIT_FAILED
 
 
 def run_sweep(
@@ -207,9 +259,31 @@ def run_sweep(
     quiet: bool = False,
     locate: Locate = as_given,
 ) -> int:
-    """`posweep run`: open or resume the sweep, run its trials, print a summary; return the exit code."""
+    """`posweep run`: preflight, open or resume the sweep, run its trials; return the exit code.
+
+    Exit codes: 0 every planned trial ended complete, diverged or pruned; 1 a trial failed after its
+    retries (or the results folder filled up); 2 (a UserError) bad input, found before anything is
+    written; 130 Ctrl-C; 143 SIGTERM (the running trial is recorded as interrupted, retrained on resume).
+    """
     started = time.perf_counter()
-    sweep = open_sweep(recipe, results, storage, new)
+    envs = _device_plan(recipe, workers)
+    log = Progress(0, 0, True).log
+    with graceful_sigterm():
+        try:
+            return _run(recipe, results, storage, max_trials, new, quiet, locate, envs, started, log)
+        except KeyboardInterrupt as error:
+            log("interrupted before the first trial started; run the same command again")
+            return exit_code(error)
+
+
+def _run(recipe, results, storage, max_trials, new, quiet, locate, envs, started, log) -> int:
+    """The body of `run_sweep`, with SIGTERM raising Terminated."""
+    root = Path(results if results is not None else recipe.execution.results_dir)
+    device = _preflight_device(envs)
+    checked = preflight(recipe.located(locate), results, storage, device, log, _existing(root, recipe))
+    with removed_on_failure(root / recipe.name):
+        sweep = open_sweep(recipe, results, storage, new)
+        checked.hand_over(sweep.folder)
     counts = reconcile(sweep)
     progress = Progress(sweep.plan.total, counts["done"], quiet, RunningTrials(sweep))
     progress.log(
@@ -217,11 +291,9 @@ def run_sweep(
         f"{', ' + str(counts['given_up']) + ' failed too often' if counts['given_up'] else ''}); "
         f"storage {sweep.storage_display}"
     )
-    envs = _device_plan(recipe, workers)
-    interrupted, crashed = False, []
+    interrupted, crashed, full = None, [], None
     try:
         if len(envs) == 1:
-            os.environ.update(envs[0])
             importing = time.perf_counter()
             _configure_process(envs[0])
             setup_s = time.perf_counter() - importing
@@ -230,10 +302,14 @@ def run_sweep(
         else:
             storage = storage or recipe.execution.storage
             crashed = _run_processes(sweep, envs, storage, max_trials, progress, locate)
-    except KeyboardInterrupt:
-        interrupted = True
+    except KeyboardInterrupt as error:
+        interrupted = error
+    except DiskFull as error:
+        full = error
     finally:
         progress.close()
+    if full is not None:
+        return _disk_full(progress, full)
     summary = summarize(sweep.dir)
     wall = time.perf_counter() - started
     overhead = max(0.0, wall - (progress.trial_s + progress.setup_s) / len(envs))
@@ -246,15 +322,32 @@ def run_sweep(
         overhead_fraction=round(overhead / wall, 4) if wall else None,
     )
     progress.log(summary)
-    if interrupted:
-        progress.log("interrupted: finished trials are saved; run the same command again to resume")
-        return 130
+    if interrupted is not None:
+        how = "terminated (SIGTERM)" if isinstance(interrupted, Terminated) else "interrupted"
+        progress.log(f"{how}: finished trials are saved; run the same command again to resume")
+        return exit_code(interrupted)
     if crashed:
         progress.log(
             f"{len(crashed)} worker process(es) crashed (exit codes {crashed}); see their errors above"
         )
-        return 1
-    return 0
+        return EXIT_FAILED
+    return _outcome(sweep, progress)
+
+
+def _preflight_device(envs: list[dict[str, str]]) -> str:
+    """Where the preflight runs: this process's own device when it is the only worker (its GPU pinning
+    set now, before CUDA starts), else the first worker's GPU."""
+    if len(envs) == 1:
+        os.environ.update(envs[0])
+        return envs[0]["POSWEEP_DEVICE"]
+    first = envs[0]
+    return f"cuda:{first['CUDA_VISIBLE_DEVICES']}" if first["POSWEEP_DEVICE"] == "cuda" else "cpu"
+
+
+def _existing(root: Path, recipe: Recipe) -> SweepFolder | None:
+    """The sweep folder this run would resume, if there is one (its SFT baseline may be reused)."""
+    folder = SweepFolder(root / recipe.name)
+    return folder if folder.exists() else None
 
 
 def _run_processes(
@@ -292,6 +385,11 @@ def _run_processes(
                 progress.log(item[1])
             else:
                 progress(item)
+    except Terminated:  # a Ctrl-C reaches the whole process group; a SIGTERM may reach this process only
+        for proc in procs:
+            if proc.is_alive():
+                os.kill(proc.pid, signal.SIGTERM)
+        raise
     finally:
         for proc in procs:
             proc.join(timeout=60)

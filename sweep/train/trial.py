@@ -17,6 +17,7 @@ import copy
 import gc
 import math
 import os
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from typing import Any
 import datasets
 import psutil
 import torch
-from transformers import PrinterCallback, set_seed
+from transformers import PrinterCallback, TrainerCallback, set_seed
 
 from sweep.hf.data import is_conversational, load_pairs
 from sweep.hf.loading import cuda_memory, load_object, load_policy, load_policy_tokenizer, reset_cuda_peak
@@ -192,6 +193,19 @@ class Worker:
             hooks.restore_forward(self.sft)
             _free_memory(freeze=self.trials_run == 1)
         return self._write_metrics(spec, folder, outcome, started, clock + self.setup_s - setup, attempt)
+
+    def render(self, spec: TrialSpec) -> str:
+        """Build the trial's TRL trainer without training (TRL tokenizes the data); show its first example."""
+        method = get_method(spec.method)
+        policy = copy.deepcopy(self.sft).to(self.device)
+        reference = self.sft if method.reference != "none" and self._lora is None else None
+        with tempfile.TemporaryDirectory() as scratch:
+            try:
+                trainer = self._trainer(spec, method, policy, reference, Path(scratch), TrainerCallback())
+                first = trainer.train_dataset[0]
+            finally:
+                hooks.restore_forward(self.sft)
+        return ", ".join(f"{key} {len(value)}" for key, value in first.items() if key.endswith("_ids"))
 
     def _train_and_evaluate(
         self,
