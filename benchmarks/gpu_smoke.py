@@ -189,7 +189,7 @@ def write_recipe(work: Path, size: dict, cpu: bool) -> Path:
 
     recipe = {
         "name": "gpu-smoke",
-        "model": {"path": str(work / "policy"), "dtype": "float32"},
+        "model": {"path": str(work / "policy"), "dtype": "auto"},
         "data": {
             "train": {"path": str(work / "train.jsonl")},
             "eval": {"path": str(work / "eval.jsonl"), "split": "train", "max_prompts": size["prompts"]},

@@ -14,14 +14,12 @@ worker; only KeyboardInterrupt propagates, after the trial is recorded as interr
 from __future__ import annotations
 
 import copy
-import gc
 import math
 import os
 import tempfile
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +32,7 @@ from sweep.hf.data import is_conversational, load_pairs
 from sweep.hf.loading import cuda_memory, load_object, load_policy, load_policy_tokenizer, reset_cuda_peak
 from sweep.hf.quiet import no_progress_bars
 from sweep.io import utc_now
-from sweep.results import SweepFolder, TrialFolder, TrialMetrics, TrialParams
+from sweep.results import SweepFolder, TrialFolder, TrialParams
 from sweep.spec.methods import Method, get_method
 from sweep.spec.plan import TrialSpec
 from sweep.spec.recipe import Recipe
@@ -44,34 +42,18 @@ from sweep.train.config import trl_config
 from sweep.train.lengths import apply_length_policy
 from sweep.train.lora import lora_config, reference_sync
 from sweep.train.numerics import divergence, planned_steps, trainable_copy, training_record, trust_region_note
+from sweep.train.outcome import (
+    EVALUATION_TIMES,
+    Outcome,
+    TrialResult,
+    describe,
+    free_memory,
+    is_oom,
+    metrics_record,
+    result_from,
+)
 from sweep.train.shared import REFERENCE_BATCH_FACTOR, SharedTraining, _model_stamp, reference_columns
 from sweep.train.trackers import TrackedRun, check_installed
-
-EVALUATION_TIMES = ("generate", "judge", "kl")
-TIME_KEYS = ("load", "train", *EVALUATION_TIMES, "total")
-
-
-@dataclass
-class TrialResult:
-    """The outcome of one trial, as recorded in its metrics.json."""
-
-    trial_id: str
-    state: str
-    objective: float | None
-    metrics: dict[str, Any] = field(default_factory=dict)
-    error: dict[str, str] | None = None
-
-
-@dataclass
-class _Outcome:
-    """What a trial has produced so far; filled in as it goes, so a failure keeps what came before."""
-
-    state: str = "complete"
-    objective: float | None = None
-    error: dict[str, str] | None = None
-    train: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, Any] = field(default_factory=dict)
-    times: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TIME_KEYS, 0.0))
 
 
 class Worker:
@@ -159,7 +141,7 @@ class Worker:
         folder = self.results.trial(spec.trial_id)
         recorded = folder.read_metrics()
         if recorded is not None and recorded.state == "complete":
-            return _result_from(recorded)
+            return result_from(recorded)
         method = get_method(spec.method)
         self.trials_run += 1
         reset_cuda_peak()
@@ -172,7 +154,7 @@ class Worker:
         notes = {"notes": [note]} if note else {}
         params = TrialParams(**spec.to_json(), trl_fields=fields, attempt=attempt, extra=notes)
         folder.start(params)
-        outcome = _Outcome()
+        outcome = Outcome()
         try:
             with TrackedRun(
                 self.recipe.train.report_to, self.results.name, spec, folder.tensorboard
@@ -185,13 +167,13 @@ class Worker:
             raise
         except Exception as error:  # a failed trial is a result, not a crash of the worker
             outcome.state, outcome.objective = "failed", None
-            outcome.error = _describe(error, "oom" if _is_oom(error) else "exception")
+            outcome.error = describe(error, "oom" if is_oom(error) else "exception")
             folder.write_traceback(traceback.format_exc())
             self.log(f"{spec.trial_id}: failed: {outcome.error['type']}: {outcome.error['message']}")
         finally:
             folder.discard_scratch()
             hooks.restore_forward(self.sft)
-            _free_memory(freeze=self.trials_run == 1)
+            free_memory(freeze=self.trials_run == 1)
         return self._write_metrics(spec, folder, outcome, started, clock + self.setup_s - setup, attempt)
 
     def render(self, spec: TrialSpec) -> str:
@@ -213,7 +195,7 @@ class Worker:
         method: Method,
         folder: TrialFolder,
         report: Callable[[int, float], bool] | None,
-        outcome: _Outcome,
+        outcome: Outcome,
         tracked: TrackedRun,
     ) -> None:
         """The body of a trial: build, train, evaluate, keep weights; fills `outcome` as it goes."""
@@ -327,7 +309,7 @@ class Worker:
         hooks.use_precomputed_reference(trainer, reference_columns(values, hooks.ld_alpha(trainer)))
         return computed[0] if computed else None
 
-    def _evaluate(self, policy, folder: TrialFolder, outcome: _Outcome) -> None:
+    def _evaluate(self, policy, folder: TrialFolder, outcome: Outcome) -> None:
         """Evaluate the trained policy and set the objective (a pruned trial keeps its last quick value)."""
         evaluator = self.evaluator
         if evaluator is None:
@@ -345,7 +327,28 @@ class Worker:
             raise ValueError(f"no finite objective: {name} is {value}")
         outcome.objective = float(value)
 
-    def _keep(self, policy, folder: TrialFolder, outcome: _Outcome) -> None:
+    def _write_metrics(
+        self,
+        spec: TrialSpec,
+        folder: TrialFolder,
+        outcome: Outcome,
+        started: str,
+        clock: float,
+        attempt: int,
+    ) -> TrialResult:
+        """Write metrics.json (the trial's last file) and return the result."""
+        worker = {
+            "pid": os.getpid(),
+            "trial": self.trials_run,
+            "setup_s": round(self.setup_s, 3),
+            "rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
+            **cuda_memory(),
+        }
+        record = metrics_record(spec.trial_id, outcome, started, clock, attempt, worker)
+        folder.write_metrics(record)
+        return result_from(record)
+
+    def _keep(self, policy, folder: TrialFolder, outcome: Outcome) -> None:
         """Save the trained weights if `execution.keep` may want them (for `best` the engine keeps one)."""
         keep = self.recipe.execution.keep
         wanted = ("complete",) if keep == "best" else ("complete", "pruned")
@@ -358,69 +361,3 @@ class Worker:
                 merged = copy.deepcopy(policy).float().merge_and_unload()  # fp32: no update rounded away
                 merged.save_pretrained(folder.model / "merged")
                 self.tokenizer.save_pretrained(folder.model / "merged")
-
-    def _write_metrics(
-        self,
-        spec: TrialSpec,
-        folder: TrialFolder,
-        outcome: _Outcome,
-        started: str,
-        clock: float,
-        attempt: int,
-    ) -> TrialResult:
-        """Write metrics.json (the trial's last file) and return the result."""
-        outcome.times["total"] = time.perf_counter() - clock
-        record = TrialMetrics(
-            trial_id=spec.trial_id,
-            state=outcome.state,
-            objective=outcome.objective,
-            error=outcome.error,
-            time_s=outcome.times,
-            started=started,
-            finished=utc_now(),
-            attempt=attempt,
-            train=outcome.train,
-            worker={
-                "pid": os.getpid(),
-                "trial": self.trials_run,
-                "setup_s": round(self.setup_s, 3),
-                "rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
-                **cuda_memory(),
-            },
-            extra=outcome.metrics,
-        )
-        folder.write_metrics(record)
-        return _result_from(record)
-
-
-def _result_from(record: TrialMetrics) -> TrialResult:
-    top = ("trial_id", "state", "objective", "error")
-    metrics = {key: value for key, value in record.to_json().items() if key not in (*top, "schema_version")}
-    return TrialResult(record.trial_id, record.state, record.objective, metrics, record.error)
-
-
-def _describe(error: BaseException, reason: str) -> dict[str, str]:
-    message = str(error).strip() or repr(error)
-    return {"type": type(error).__name__, "message": message[:2000], "reason": reason}
-
-
-def _is_oom(error: BaseException) -> bool:
-    """Whether an exception means the accelerator (or host) ran out of memory."""
-    if isinstance(error, (torch.cuda.OutOfMemoryError, MemoryError)):
-        return True
-    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
-
-
-def _free_memory(freeze: bool = False) -> None:
-    """Free a finished trial's trainer, optimizer and activations; `freeze` what survives.
-
-    What survives a full collection after a worker's first trial lives as long as the worker (modules, the
-    shared model and caches); freezing it once keeps every later full collection (here and in accelerate, two
-    per trial) from walking those hundreds of thousands of objects again. (`gc.get_objects` leaves frozen
-    objects out until `gc.unfreeze`.)
-    """
-    gc.collect()
-    if freeze:
-        gc.freeze()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()

@@ -1,0 +1,92 @@
+"""What a trial produced: its outcome as it goes, the failure it met, and the record it leaves."""
+
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from sweep.io import utc_now
+from sweep.results import TrialMetrics
+
+EVALUATION_TIMES = ("generate", "judge", "kl")
+TIME_KEYS = ("load", "train", *EVALUATION_TIMES, "total")
+
+
+@dataclass
+class TrialResult:
+    """The outcome of one trial, as recorded in its metrics.json."""
+
+    trial_id: str
+    state: str
+    objective: float | None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    error: dict[str, str] | None = None
+
+
+@dataclass
+class Outcome:
+    """What a trial has produced so far; filled in as it goes, so a failure keeps what came before."""
+
+    state: str = "complete"
+    objective: float | None = None
+    error: dict[str, str] | None = None
+    train: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    times: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TIME_KEYS, 0.0))
+
+
+def metrics_record(
+    trial_id: str, outcome: Outcome, started: str, clock: float, attempt: int, worker: dict
+) -> TrialMetrics:
+    """The trial's metrics.json record (its total time counted from `clock`)."""
+    outcome.times["total"] = time.perf_counter() - clock
+    return TrialMetrics(
+        trial_id=trial_id,
+        state=outcome.state,
+        objective=outcome.objective,
+        error=outcome.error,
+        time_s=outcome.times,
+        started=started,
+        finished=utc_now(),
+        attempt=attempt,
+        train=outcome.train,
+        worker=worker,
+        extra=outcome.metrics,
+    )
+
+
+def result_from(record: TrialMetrics) -> TrialResult:
+    top = ("trial_id", "state", "objective", "error")
+    metrics = {key: value for key, value in record.to_json().items() if key not in (*top, "schema_version")}
+    return TrialResult(record.trial_id, record.state, record.objective, metrics, record.error)
+
+
+def describe(error: BaseException, reason: str) -> dict[str, str]:
+    message = str(error).strip() or repr(error)
+    return {"type": type(error).__name__, "message": message[:2000], "reason": reason}
+
+
+def is_oom(error: BaseException) -> bool:
+    """Whether an exception means the accelerator (or host) ran out of memory."""
+    if isinstance(error, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+
+
+def free_memory(freeze: bool = False) -> None:
+    """Free a finished trial's trainer, optimizer and activations; `freeze` what survives.
+
+    What survives a full collection after a worker's first trial lives as long as the worker (modules, the
+    shared model and caches); freezing it once keeps every later full collection (here and in accelerate, two
+    per trial) from walking those hundreds of thousands of objects again. (`gc.get_objects` leaves frozen
+    objects out until `gc.unfreeze`.)
+    """
+    gc.collect()
+    if freeze:
+        gc.freeze()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
