@@ -131,7 +131,7 @@ def load_pair_rows(source: TrainData, where: str = "data.train") -> list[dict]:
         raise UserError(f"{where}: {source.path} has no rows")
     columns = source.columns
     if all(columns.prompt not in row for row in rows):
-        rows = _explicit_prompts(rows, columns, where, source.path)
+        rows = _explicit_prompts(rows, columns, where, source.path, places)
         columns = PairColumns()
     for key in ("prompt", "chosen", "rejected"):
         _column(rows, getattr(columns, key), f"{where}.columns.{key}", source.path, places)
@@ -151,12 +151,14 @@ def load_pair_rows(source: TrainData, where: str = "data.train") -> list[dict]:
     return pairs
 
 
-def _explicit_prompts(rows: list[dict], columns: PairColumns, where: str, origin: str) -> list[dict]:
+def _explicit_prompts(
+    rows: list[dict], columns: PairColumns, where: str, origin: str, places: list[str]
+) -> list[dict]:
     """Rows of TRL's implicit-prompt format split as TRL splits them: the shared beginning is the prompt."""
     from trl import extract_prompt
 
     for key in ("chosen", "rejected"):
-        _column(rows, getattr(columns, key), f"{where}.columns.{key}", origin)
+        _column(rows, getattr(columns, key), f"{where}.columns.{key}", origin, places)
     return [
         extract_prompt({"chosen": row[columns.chosen], "rejected": row[columns.rejected]}) for row in rows
     ]
