@@ -49,7 +49,7 @@ def _print_table(robustness: pd.DataFrame, objective: Objective, console, warnin
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    console = console or Console(width=max(Console().width, 140))
     table = Table(
         title=f"{objective.metric} ({objective.direction}) per method",
         caption="done: finished/all trials; E@k: expected best of k random tries; held-out: the test-part "
