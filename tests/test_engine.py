@@ -272,7 +272,9 @@ def test_killed_or_interrupted_sweep_completes_on_rerun_exactly_once(inputs, tmp
         "ipo": GRID["ipo"],
         "ln-dpo": GRID["ln-dpo"],
     }
-    recipe = write_recipe(inputs, "killed", methods, train={"max_steps": 20, "max_length": 48})
+    # trials long enough (most of a second each, warm after the preflight) that the signal, sent as soon
+    # as the first trial starts, always lands before the sweep could have finished on a busy machine
+    recipe = write_recipe(inputs, "killed", methods, train={"max_steps": 50, "max_length": 48})
     sweep = tmp_path / "killed"
     process = _start(recipe, tmp_path)
     _wait_for_running_trial(sweep, process)
