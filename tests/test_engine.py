@@ -254,15 +254,39 @@ def _wait_for_running_trial(sweep: Path, process: subprocess.Popen, timeout: flo
 def _start(recipe: Path, results: Path) -> subprocess.Popen:
     """`posweep run` as a terminal starts it: SIGINT at its default even if this test runs in the
     background (a shell without job control starts background jobs with SIGINT ignored, and Python
-    installs no KeyboardInterrupt handler when it starts with SIGINT ignored)."""
+    installs no KeyboardInterrupt handler when it starts with SIGINT ignored). Its faulthandler prints
+    every thread's stack on SIGABRT (`_exit_code` sends it to a run that does not stop)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "sweep", "run", str(recipe), "--results", str(results), "-q"],
+        [
+            sys.executable,
+            "-X",
+            "faulthandler",
+            "-m",
+            "sweep",
+            "run",
+            str(recipe),
+            "--results",
+            str(results),
+            "-q",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env=env,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
+
+
+def _exit_code(process: subprocess.Popen, timeout: float) -> int:
+    """The run's exit code; a run still going after `timeout` fails the test with every thread's stack."""
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)
+        output = process.communicate(timeout=30)[0].decode(errors="replace")
+        raise AssertionError(
+            f"posweep run did not stop in {timeout} s; its stacks:\n{output[-8000:]}"
+        ) from None
 
 
 @pytest.mark.parametrize("how", ["kill", "ctrl-c"])
@@ -279,7 +303,7 @@ def test_killed_or_interrupted_sweep_completes_on_rerun_exactly_once(inputs, tmp
     process = _start(recipe, tmp_path)
     _wait_for_running_trial(sweep, process)
     process.send_signal(signal.SIGKILL if how == "kill" else signal.SIGINT)
-    code = process.wait(timeout=120)
+    code = _exit_code(process, 120)
     before = trial_files(sweep)
     if how == "ctrl-c":
         assert code == 130, process.stdout.read().decode()
@@ -333,7 +357,7 @@ def test_sigterm_mid_trial_exits_143_marks_it_interrupted_and_a_rerun_trains_onl
     time.sleep(0.5)  # into training
     signalled = time.monotonic()
     process.send_signal(signal.SIGTERM)
-    code = process.wait(timeout=60)
+    code = _exit_code(process, 60)
     stop_s = time.monotonic() - signalled
     output = process.stdout.read().decode()
     assert code == 143, output

@@ -21,9 +21,9 @@ import signal
 from pathlib import Path
 
 from sweep.engine.queue import Sweep
-from sweep.engine.signals import EXIT_TERMINATED, Terminated
 from sweep.engine.workers import run_worker
 from sweep.errors import UserError
+from sweep.signals import EXIT_TERMINATED, Terminated, stop_now
 from sweep.spec.recipe import Locate, SlurmSpec, as_given
 
 try:
@@ -44,8 +44,7 @@ class WorkerJob(Checkpointable):
 
         def stop(signum: int, frame) -> None:
             preempted.append(signum)
-            signal.signal(signum, signal.SIG_IGN)
-            raise Terminated(signal.Signals(signum).name)
+            stop_now(signum, frame)
 
         signal.signal(requeue_signal, stop)
         try:

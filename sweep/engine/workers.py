@@ -27,11 +27,11 @@ from sweep.engine.live import RunningTrials
 from sweep.engine.preflight import is_disk_error, preflight
 from sweep.engine.progress import Event, Progress
 from sweep.engine.queue import Heartbeat, claim, close, keep_best, others_running, reconcile, spec_for, start
-from sweep.engine.signals import EXIT_FAILED, Terminated, exit_code, graceful_sigterm, stop_on
 from sweep.engine.status import failed_trials, summarize
 from sweep.errors import UserError
 from sweep.io import utc_now
 from sweep.results import SweepFolder
+from sweep.signals import EXIT_FAILED, Terminated, exit_code, graceful_stops, raise_if_stopped
 from sweep.spec.metrics import selection_value
 from sweep.spec.recipe import Locate, Recipe, as_given
 
@@ -72,6 +72,7 @@ def worker_loop(
     worker = Worker(recipe, folder, device=device, log=log, evaluator_factory=evaluator)
     ran = 0
     while max_trials is None or ran < max_trials:
+        raise_if_stopped()
         trial = claim(sweep)
         if trial is None:
             if reconcile(sweep)["queued"] == 0:
@@ -164,18 +165,18 @@ def _worker_process(
     importing = time.perf_counter()
     _configure_process(env)
     setup_s = time.perf_counter() - importing
-    stop_on(signal.SIGTERM)
-    sweep = open_sweep_folder(recipe, Path(results), storage)
     try:
-        worker_loop(
-            sweep,
-            env["POSWEEP_DEVICE"],
-            max_trials,
-            queue.put,
-            lambda line: queue.put(("log", line)),
-            setup_s,
-            locate,
-        )
+        with graceful_stops():
+            sweep = open_sweep_folder(recipe, Path(results), storage)
+            worker_loop(
+                sweep,
+                env["POSWEEP_DEVICE"],
+                max_trials,
+                queue.put,
+                lambda line: queue.put(("log", line)),
+                setup_s,
+                locate,
+            )
     except KeyboardInterrupt as error:
         sys.exit(exit_code(error))
     except DiskFull as error:
@@ -217,7 +218,7 @@ def run_worker(
     _configure_process(env)
     sweep = open_sweep_folder(recipe, folder, sweep_storage(folder, storage))
     progress = Progress(sweep.plan.total, reconcile(sweep)["done"], quiet, RunningTrials(sweep))
-    with graceful_sigterm():
+    with graceful_stops():
         try:
             worker_loop(sweep, env["POSWEEP_DEVICE"], max_trials, progress, progress.log, locate=locate)
         except KeyboardInterrupt as error:
@@ -268,7 +269,7 @@ def run_sweep(
     started = time.perf_counter()
     envs = _device_plan(recipe, workers)
     log = Progress(0, 0, True).log
-    with graceful_sigterm():
+    with graceful_stops():
         try:
             return _run(recipe, results, storage, max_trials, new, quiet, locate, envs, started, log)
         except KeyboardInterrupt as error:

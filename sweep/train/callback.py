@@ -1,4 +1,4 @@
-"""The trainer callback of a trial: its log file, divergence on a non-finite loss, and pruning reports."""
+"""The trainer callback of a trial: its log file, divergence on a non-finite loss, pruning reports, stops."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 from transformers import TrainerCallback
+
+from sweep.signals import raise_if_stopped
 
 
 class TrialCallback(TrainerCallback):
@@ -40,6 +42,7 @@ class TrialCallback(TrainerCallback):
                 control.should_training_stop = True
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
+        raise_if_stopped()  # a Ctrl-C or SIGTERM that a library swallowed ends the trial here
         if self.every_steps is None or state.global_step % self.every_steps:
             return
         if self.quick is None:

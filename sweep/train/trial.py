@@ -33,6 +33,7 @@ from sweep.hf.loading import cuda_memory, load_object, load_policy, load_policy_
 from sweep.hf.quiet import no_progress_bars
 from sweep.io import utc_now
 from sweep.results import SweepFolder, TrialFolder, TrialParams
+from sweep.signals import raise_if_stopped
 from sweep.spec.methods import Method, get_method
 from sweep.spec.plan import TrialSpec
 from sweep.spec.recipe import Recipe
@@ -217,6 +218,7 @@ class Worker:
         callback = TrialCallback(folder.log, self.recipe.eval.every_steps, quick, report)
         with tracked.building_trainer():
             trainer = self._trainer(spec, method, policy, reference, folder.scratch, callback)
+        raise_if_stopped()  # a stop swallowed while TRL prepared the data (datasets catches everything)
         reference_s = self._supply_reference(trainer, method) if method.reference == "fixed" else None
         output = trainer.train()
         policy, rows = trainer.model, len(trainer.train_dataset)
