@@ -14,6 +14,7 @@ os.environ.update(
     TRL_EXPERIMENTAL_SILENCE="1",
 )
 os.environ.setdefault("POSWEEP_CACHE", tempfile.mkdtemp(prefix="posweep-test-cache-"))
+os.environ.setdefault("TRACKIO_DIR", tempfile.mkdtemp(prefix="posweep-test-trackio-"))
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Experiment trackers: a TensorBoard, MLflow and W&B run per trial with the loss curve and final metrics."""
+"""Experiment trackers: TensorBoard, MLflow, W&B and Trackio runs per trial: loss curve, final metrics."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from test_engine import inputs, run, write_recipe  # noqa: F401  (the module-scoped tiny inputs)
 
 pytestmark = pytest.mark.slow
-TRACKERS = [name for name in ("tensorboard", "mlflow", "wandb") if importlib.util.find_spec(name)]
+TRACKERS = [name for name in ("tensorboard", "mlflow", "wandb", "trackio") if importlib.util.find_spec(name)]
 STEPS = 3
 
 
@@ -96,3 +96,19 @@ def test_wandb_offline_writes_a_run_per_trial_with_its_final_metrics(tracked):
         (found,) = [r for r in records if trial_id.encode() in r]
         assert f"method:{trial_id.split('-')[0]}".encode() in found and sweep.name.encode() in found
         assert b"final/objective" in found and b"final/win_rate_vs_sft" in found and b"train/loss" in found
+
+
+def test_trackio_has_a_run_per_trial_in_the_sweeps_project_with_losses_and_final_metrics(tracked):
+    needs("trackio")
+    from trackio.sqlite_storage import SQLiteStorage
+
+    _, sweep, metrics = tracked
+    assert sorted(SQLiteStorage.get_runs(sweep.name)) == sorted(metrics)
+    for trial_id, record in metrics.items():
+        logs = SQLiteStorage.get_logs(sweep.name, trial_id)
+        losses = [row["train/loss"] for row in logs if "train/loss" in row]
+        assert len(losses) == STEPS and losses[-1] == pytest.approx(record["train"]["loss"], rel=1e-6)
+        (final,) = [row for row in logs if "final/objective" in row]
+        assert final["final/objective"] == pytest.approx(record["objective"])
+        assert final["final/kl_to_sft"] == pytest.approx(record["kl_to_sft"])
+        assert final["step"] == STEPS

@@ -245,7 +245,7 @@ class TrainSpec(Strict):
         False, description="Liger's fused Triton kernels in the model's layers (GPU; posweep[liger] extra)"
     )
     logging_steps: PositiveInt = 1
-    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+    report_to: list[Literal["tensorboard", "mlflow", "wandb", "trackio"]] = Field(
         default_factory=list, description="experiment trackers: a run per trial (sweep.train.trackers)"
     )
     extra: dict[str, Any] = Field(default_factory=dict, description="passed to the TRL config as is")

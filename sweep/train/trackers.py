@@ -9,6 +9,9 @@ evaluation metrics (as `final/<metric>`) into the same run before closing it:
   where runs go is MLflow's usual MLFLOW_TRACKING_URI;
 - wandb: group = the sweep folder's name, run name = the trial id, tags method/variant/seed; project
   WANDB_PROJECT (default "posweep"); WANDB_MODE=offline writes runs locally.
+- trackio: project = the sweep folder's name, run name = the trial id (TRL's callback opens the run
+  from those TrainingArguments; the final metrics resume it); runs go to TRACKIO_DIR (default under
+  HF_HOME), or to a Space when TRACKIO_SPACE_ID is set (`trackio show` opens the dashboard).
 
 Without `report_to` (the default) nothing is tracked, as before.
 """
@@ -26,7 +29,7 @@ from typing import Any
 from sweep.errors import UserError
 from sweep.spec.plan import TrialSpec
 
-PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
+PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb", "trackio": "trackio"}
 
 
 def check_installed(report_to: Sequence[str]) -> None:
@@ -112,6 +115,12 @@ class TrackedRun:
         if self._wandb is not None:
             self._wandb.log(values)
             self._wandb.summary.update(values)
+        if "trackio" in self.report_to:
+            import trackio
+
+            trackio.init(project=self.sweep, name=self.spec.trial_id, resume="allow")
+            trackio.log(values, step=step)
+            trackio.finish()
 
     def __exit__(self, exc_type, *exc: object) -> None:
         failed = exc_type is not None
