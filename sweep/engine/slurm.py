@@ -24,6 +24,7 @@ from sweep.engine.queue import Sweep
 from sweep.engine.signals import EXIT_TERMINATED, Terminated
 from sweep.engine.workers import run_worker
 from sweep.errors import UserError
+from sweep.spec.launching import slurm_gpus
 from sweep.spec.recipe import Locate, SlurmSpec, as_given
 
 try:
@@ -87,7 +88,7 @@ def submit_workers(
     parameters = {
         "name": f"posweep-{sweep.dir.name}",
         "timeout_min": spec.time_min,
-        "gpus_per_node": spec.gpus_per_worker,
+        "gpus_per_node": slurm_gpus(sweep.recipe),
         "cpus_per_task": spec.cpus_per_worker,
         "mem_gb": spec.mem_gb,
     }

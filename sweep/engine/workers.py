@@ -23,6 +23,7 @@ from sweep.engine.folder import (
     sweep_storage,
     write_sweep_json,
 )
+from sweep.engine.launch import TrialGroup, gpu_envs
 from sweep.engine.live import RunningTrials
 from sweep.engine.preflight import is_disk_error, preflight
 from sweep.engine.progress import Event, Progress
@@ -32,6 +33,7 @@ from sweep.engine.status import failed_trials, summarize
 from sweep.errors import UserError
 from sweep.io import utc_now
 from sweep.results import SweepFolder
+from sweep.spec.launching import launched
 from sweep.spec.metrics import selection_value
 from sweep.spec.recipe import Locate, Recipe, as_given
 
@@ -69,7 +71,10 @@ def worker_loop(
 
         return Evaluator(recipe, model, tokenizer, folder, device, log)
 
-    worker = Worker(recipe, folder, device=device, log=log, evaluator_factory=evaluator)
+    if launched(recipe):
+        worker = TrialGroup(recipe, folder, device, log)
+    else:
+        worker = Worker(recipe, folder, device=device, log=log, evaluator_factory=evaluator)
     ran = 0
     while max_trials is None or ran < max_trials:
         trial = claim(sweep)
@@ -137,13 +142,11 @@ def _device_plan(recipe: Recipe, workers: int | None) -> list[dict[str, str]]:
             import torch
 
             gpus = list(range(torch.cuda.device_count()))
-    count = workers or (len(gpus) if gpus else recipe.execution.workers)
     if gpus:
-        return [
-            {"CUDA_VISIBLE_DEVICES": str(gpus[i % len(gpus)]), "POSWEEP_DEVICE": "cuda"} for i in range(count)
-        ]
+        return gpu_envs(gpus, recipe.execution.processes_per_trial, workers)
+    count, ranks = workers or recipe.execution.workers, recipe.execution.processes_per_trial
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    threads = str(recipe.execution.cpu_threads or (1 if cores <= 4 else max(1, cores // count)))
+    threads = str(recipe.execution.cpu_threads or (1 if cores <= 4 else max(1, cores // (count * ranks))))
     return [{"CUDA_VISIBLE_DEVICES": "", "POSWEEP_DEVICE": "cpu", "POSWEEP_THREADS": threads}] * count
 
 

@@ -61,7 +61,8 @@ class Worker:
 
     `setup_s` is the time spent on that one-off work (loading the model, tokenizer and evaluator; the first
     evaluator use happens within a trial but is not counted in its time); `trials_run` counts trials run.
-    `reference_cache=False` makes fixed-reference trials run TRL's own reference pass in every step.
+    `reference_cache=False` makes fixed-reference trials run TRL's own reference pass in every step. `results`
+    is where its trials' files go (default the sweep folder's own; a rank other than 0 passes a private one).
     """
 
     def __init__(
@@ -73,11 +74,12 @@ class Worker:
         evaluator_factory: Callable[[Any, Any], Any] | None = None,
         train_dataset: datasets.Dataset | None = None,
         reference_cache: bool = True,
+        results: SweepFolder | None = None,
     ):
         started = time.perf_counter()
         self.recipe = recipe
         self.sweep_dir = Path(sweep_dir)
-        self.results = SweepFolder(sweep_dir)
+        self.results = results or SweepFolder(sweep_dir)
         self.device = device
         self.log = log
         self._evaluator_factory = evaluator_factory
@@ -219,7 +221,7 @@ class Worker:
             trainer = self._trainer(spec, method, policy, reference, folder.scratch, callback)
         reference_s = self._supply_reference(trainer, method) if method.reference == "fixed" else None
         output = trainer.train()
-        policy, rows = trainer.model, len(trainer.train_dataset)
+        policy, rows, world_size = trainer.model, len(trainer.train_dataset), trainer.args.world_size
         del trainer, reference
         hooks.restore_forward(self.sft)
         hooks.restore_forward(policy)
@@ -233,6 +235,7 @@ class Worker:
             "runtime_s": output.metrics.get("train_runtime"),
             "length_policy": self.length_counts[spec.variant or ""],
             "training_rows": rows,
+            "world_size": world_size,
             **training_record(policy, train, method, self.device, output.global_step),
         }
         diverged = divergence(callback.diverged_at, callback.last_loss, output.training_loss, policy)
