@@ -104,18 +104,9 @@ class TrialGroup:
         return self._record(spec, outcome, started, clock, attempt, launcher)
 
     def _start(self, job: Path, sink) -> subprocess.Popen:
-        """Start the group on a free port, holding this host's port lock until it listens (or has ended)."""
+        """Start the trial's group on a free port."""
         lock = self.results.cache / f"ports-{socket.gethostname()}.lock"
-        with file_lock(lock):
-            port = free_port()
-            command = launch_command(self.recipe, port, self.device, job)
-            launcher = subprocess.Popen(
-                command, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
-            )
-            deadline = time.monotonic() + RENDEZVOUS_S
-            while launcher.poll() is None and not listening(port) and time.monotonic() < deadline:
-                time.sleep(0.1)
-        return launcher
+        return start_group(lock, lambda port: launch_command(self.recipe, port, self.device, job), sink)
 
     def _wait(self, launcher: subprocess.Popen) -> int:
         """Wait for the group to end, noting its processes' pids as they appear."""
@@ -154,6 +145,20 @@ def launch_command(recipe: Recipe, port: int, device: str, job: Path) -> list[st
     elif execution.processes_per_trial > 1:
         command.append("--multi_gpu")  # torch.distributed.run underneath; the ranks pick gloo on CPU
     return [*command, "-m", "sweep.engine.rank", str(job)]
+
+
+def start_group(lock: Path, command: Callable[[int], list[str]], sink) -> subprocess.Popen:
+    """Start `command(port)` on a free port in a session of its own, holding `lock` until something listens
+    on the port (or the command ended), so that groups starting at once on one host never share a port."""
+    with file_lock(lock):
+        port = free_port()
+        launcher = subprocess.Popen(
+            command(port), stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        deadline = time.monotonic() + RENDEZVOUS_S
+        while launcher.poll() is None and not listening(port) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    return launcher
 
 
 def free_port() -> int:
