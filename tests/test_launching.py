@@ -130,13 +130,13 @@ def test_pruning_is_rejected_for_launched_trials(base_recipe, tmp_path):
     ]
 
 
-def test_zero3_with_lora_and_a_moving_reference_is_rejected(base_recipe, tmp_path):
-    base_recipe["methods"] = {"tr-dpo": None}
+def test_lora_under_zero3_is_rejected(base_recipe, tmp_path):
     base_recipe["model"] = {"path": "builtin:toy", "lora": {"r": 4}}
     zero3 = {"distributed_type": "DEEPSPEED", "deepspeed_config": {"zero_stage": 3}}
     assert (
-        "execution.accelerate_config: tr-dpo with model.lora: posweep updates the reference from the "
-        "policy's full weights, which ZeRO-3 shards across ranks (use ZeRO-2 or full fine-tuning)"
+        "execution.accelerate_config: model.lora under FSDP or ZeRO-3: posweep gathers a sharded policy's "
+        "full weights for evaluation into a full model, not into adapters yet (use ZeRO-2 or DDP with LoRA, "
+        "or full fine-tuning)"
     ) in problems(write(tmp_path, base_recipe, zero3))
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
+import trl
 from test_engine import inputs, run, trial_files, write_recipe
 
 from sweep.engine.launch import listening, start_group
@@ -217,3 +219,31 @@ def test_a_killed_rank_is_retried_and_sigterm_stops_every_rank(inputs, tmp_path)
     record = json.loads((trial / "metrics.json").read_text())
     assert (record["state"], record["attempt"], record["train"]["world_size"]) == ("complete", 3, 2)
     print(f"every rank gone {stopped:.2f} s after SIGTERM")
+
+
+TRL_CONFIGS = Path(trl.__file__).parent / "accelerate_configs"
+
+
+@pytest.mark.skipif(
+    torch.cuda.device_count() < 2,
+    reason="FSDP needs 2 CUDA GPUs: accelerate runs CPU processes as plain data parallel, without FSDP "
+    "(the GPU run belongs to the GPU-proof issue)",
+)
+def test_an_fsdp2_trial_trains_and_is_evaluated_on_two_gpus(inputs, tmp_path):
+    recipe = write_recipe(
+        inputs,
+        "fsdp",
+        {"dpo": {"beta": [0.1], "learning_rate": [1e-3]}},
+        train={"max_steps": 1, "per_device_train_batch_size": 2, "max_length": 48},
+        eval=EVAL,
+        execution={
+            "devices": [0, 1],
+            "processes_per_trial": 2,
+            "accelerate_config": str(TRL_CONFIGS / "fsdp2.yaml"),
+        },
+    )
+    result = run("run", recipe, "--results", tmp_path, "--quiet")
+    assert result.exit_code == 0, result.output
+    (record,) = trial_files(tmp_path / "fsdp").values()
+    assert (record["state"], record["train"]["world_size"]) == ("complete", 2)
+    assert 0.0 <= record["win_rate_vs_sft"] <= 1.0

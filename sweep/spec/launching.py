@@ -113,9 +113,9 @@ def _config_problems(recipe: Recipe, config: dict[str, Any]) -> list[str]:
                 f"{method} updates its reference from the policy every tau steps, and TRL gathers the "
                 "policy's parameters for that under DeepSpeed ZeRO-3 only, not under FSDP (use ZeRO-3)"
             )
-        elif moving and sharded and recipe.model.lora is not None:
-            problems.append(
-                f"{method} with model.lora: posweep updates the reference from the policy's full weights, "
-                "which ZeRO-3 shards across ranks (use ZeRO-2 or full fine-tuning)"
-            )
+    if sharded and recipe.model.lora is not None:
+        problems.append(
+            "model.lora under FSDP or ZeRO-3: posweep gathers a sharded policy's full weights for evaluation "
+            "into a full model, not into adapters yet (use ZeRO-2 or DDP with LoRA, or full fine-tuning)"
+        )
     return problems

@@ -221,7 +221,8 @@ class Worker:
             trainer = self._trainer(spec, method, policy, reference, folder.scratch, callback)
         reference_s = self._supply_reference(trainer, method) if method.reference == "fixed" else None
         output = trainer.train()
-        policy, rows, world_size = trainer.model, len(trainer.train_dataset), trainer.args.world_size
+        rows, world_size = len(trainer.train_dataset), trainer.args.world_size
+        policy = hooks.gathered_policy(trainer, self.sft)
         del trainer, reference
         hooks.restore_forward(self.sft)
         hooks.restore_forward(policy)
