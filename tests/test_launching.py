@@ -15,7 +15,9 @@ from typer.testing import CliRunner
 
 from sweep.cli import app
 from sweep.engine.launch import gpu_envs, launch_command
+from sweep.engine.slurm import job_groups
 from sweep.errors import UserError
+from sweep.results import SweepFolder
 from sweep.spec.launching import slurm_gpus
 from sweep.spec.validate import load_recipe
 
@@ -152,3 +154,22 @@ def test_the_launch_command_and_gpu_groups(base_recipe, tmp_path):
     assert [env["CUDA_VISIBLE_DEVICES"] for env in envs] == ["0,1", "2,3", "4,5", "6,7"]  # 4 trials at once
     with pytest.raises(UserError, match="processes_per_trial: 3 does not divide the 8 GPUs"):
         gpu_envs(list(range(8)), 3, None)
+
+
+@pytest.mark.parametrize(
+    ("execution", "groups"),
+    [
+        ({"processes_per_trial": 2}, ["0,1", "2,3", "4,5", "6,7"]),  # 8 GPUs, k = 2: 4 trials at a time
+        (
+            {"processes_per_trial": 4, "accelerate_config": str(TRL_CONFIGS / "fsdp2.yaml")},
+            ["0,1,2,3", "4,5,6,7"],
+        ),
+        ({}, []),  # one GPU per trial: the job's single worker, as before
+        ({"processes_per_trial": 2, "devices": "cpu"}, []),
+    ],
+)
+def test_a_slurm_job_of_8_gpus_runs_8_over_k_workers(base_recipe, tmp_path, monkeypatch, execution, groups):
+    base_recipe["execution"] = execution
+    SweepFolder(tmp_path).write_recipe(load_recipe(write(tmp_path, base_recipe)).dump())
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3,4,5,6,7")  # what SLURM gives a job of 8 GPUs
+    assert job_groups(str(tmp_path)) == groups

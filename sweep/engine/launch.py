@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from sweep.errors import UserError
@@ -42,14 +42,19 @@ LOG_PREFIX = "POSWEEP_LOG "
 MIXED_PRECISION = {"bfloat16": "bf16", "float16": "fp16", "none": "no"}
 
 
-def gpu_envs(gpus: list[int], k: int, workers: int | None) -> list[dict[str, str]]:
-    """One environment per worker: its trial group's k GPUs in CUDA_VISIBLE_DEVICES (consecutive runs of k);
-    `workers` (default: as many as there are groups) beyond the groups share them round-robin."""
+def gpu_groups(gpus: Sequence[int | str], k: int) -> list[str]:
+    """The CUDA_VISIBLE_DEVICES of each trial group: consecutive runs of k of these GPUs."""
     if len(gpus) % k:
         raise UserError(
             f"execution.processes_per_trial: {k} does not divide the {len(gpus)} GPUs this machine shows"
         )
-    groups = [",".join(str(gpu) for gpu in gpus[start : start + k]) for start in range(0, len(gpus), k)]
+    return [",".join(str(gpu) for gpu in gpus[start : start + k]) for start in range(0, len(gpus), k)]
+
+
+def gpu_envs(gpus: list[int], k: int, workers: int | None) -> list[dict[str, str]]:
+    """One environment per worker, its trial group's GPUs in CUDA_VISIBLE_DEVICES; `workers` (default: one
+    per group) beyond the groups share them round-robin."""
+    groups = gpu_groups(gpus, k)
     count = workers or len(groups)
     return [{"CUDA_VISIBLE_DEVICES": groups[i % len(groups)], "POSWEEP_DEVICE": "cuda"} for i in range(count)]
 
