@@ -66,11 +66,10 @@ class TrialGroup:
         self.recipe, self.device, self.log = recipe, device, log
         self.results = SweepFolder(sweep_dir)
         self.setup_s = 0.0
-        self.pids: list[int] = []
-        """Every launcher and rank pid of the latest group (what a test checks is gone)."""
 
     def run(self, spec: TrialSpec, attempt: int = 1, report=None) -> TrialResult:
-        """Run one trial over `execution.processes_per_trial` processes and return rank 0's result."""
+        """Run one trial over `execution.processes_per_trial` processes and return rank 0's result (`report`
+        is unused: recipes with a pruner are rejected for launched trials)."""
         folder = self.results.trial(spec.trial_id)
         recorded = folder.read_metrics()
         if recorded is not None and recorded.state == "complete":
@@ -85,7 +84,7 @@ class TrialGroup:
             with output.open("wb") as sink:
                 launcher = self._start(job, sink)
                 try:
-                    code = self._wait(launcher)
+                    code = launcher.wait()
                 except KeyboardInterrupt:
                     stop_group(launcher)
                     self._record(spec, Outcome(state="interrupted"), started, clock, attempt, launcher)
@@ -112,14 +111,6 @@ class TrialGroup:
         """Start the trial's group on a free port."""
         lock = self.results.cache / f"ports-{socket.gethostname()}.lock"
         return start_group(lock, lambda port: launch_command(self.recipe, port, self.device, job), sink)
-
-    def _wait(self, launcher: subprocess.Popen) -> int:
-        """Wait for the group to end, noting its processes' pids as they appear."""
-        self.pids = [launcher.pid]
-        while launcher.poll() is None:
-            self.pids += [pid for pid in descendants(launcher.pid) if pid not in self.pids]
-            time.sleep(0.5)
-        return launcher.returncode
 
     def _record(
         self, spec, outcome: Outcome, started: str, clock: float, attempt: int, launcher
@@ -160,9 +151,13 @@ def start_group(lock: Path, command: Callable[[int], list[str]], sink) -> subpro
         launcher = subprocess.Popen(
             command(port), stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
         )
-        deadline = time.monotonic() + RENDEZVOUS_S
-        while launcher.poll() is None and not listening(port) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        try:
+            deadline = time.monotonic() + RENDEZVOUS_S
+            while launcher.poll() is None and not listening(port) and time.monotonic() < deadline:
+                time.sleep(0.1)
+        except BaseException:  # a SIGTERM or Ctrl-C while it starts
+            stop_group(launcher)
+            raise
     return launcher
 
 

@@ -343,8 +343,8 @@ def _preflight_device(envs: list[dict[str, str]]) -> str:
     if len(envs) == 1:
         os.environ.update(envs[0])
         return envs[0]["POSWEEP_DEVICE"]
-    first = envs[0]
-    return f"cuda:{first['CUDA_VISIBLE_DEVICES']}" if first["POSWEEP_DEVICE"] == "cuda" else "cpu"
+    first = envs[0]["CUDA_VISIBLE_DEVICES"].split(",")[0]  # a trial group's first GPU
+    return f"cuda:{first}" if envs[0]["POSWEEP_DEVICE"] == "cuda" else "cpu"
 
 
 def _existing(root: Path, recipe: Recipe) -> SweepFolder | None:
