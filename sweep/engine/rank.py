@@ -16,12 +16,15 @@ import tempfile
 import traceback
 from pathlib import Path
 
+import torch
 import yaml
 
 from sweep.engine.launch import LOG_PREFIX
+from sweep.engine.workers import _configure_process
 from sweep.results import SweepFolder, TrialFolder
 from sweep.spec.plan import TrialSpec
 from sweep.spec.recipe import Recipe
+from sweep.train.trial import Worker
 
 
 class RankFolder(SweepFolder):
@@ -45,11 +48,6 @@ def main(job_file: str) -> int:
     spec = TrialSpec(**job["spec"])
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     device = "cpu" if job["device"] == "cpu" else f"cuda:{local_rank}"
-    import torch
-
-    from sweep.engine.workers import _configure_process
-    from sweep.train.trial import Worker
-
     _configure_process(os.environ)
     if device != "cpu":
         torch.cuda.set_device(local_rank)
