@@ -73,7 +73,10 @@ def job_groups(folder: str) -> list[str]:
     trial, a job of n GPUs runs n/k workers at once; none when its trials run on one GPU or on the CPU."""
     import yaml
 
-    recipe = Recipe.model_validate(yaml.safe_load(SweepFolder(folder).read_recipe() or "{}"))
+    text = SweepFolder(folder).read_recipe()
+    if text is None:  # not a sweep folder: run_worker says so
+        return []
+    recipe = Recipe.model_validate(yaml.safe_load(text))
     visible = [gpu for gpu in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if gpu]
     if not launched(recipe) or recipe.execution.devices == "cpu" or not visible:
         return []
