@@ -303,3 +303,19 @@ def test_reference_logps_gives_an_unpatched_model_trls_fused_head(tokenizer, tmp
         torch.testing.assert_close(value, patched[name])
     hooks.restore_forward(fresh)
     assert "forward" not in vars(fresh)
+
+
+@pytest.mark.slow
+def test_gathered_policy_reads_accelerates_sharding_and_full_state_dict(tokenizer, tmp_path):
+    trainer = build(tokenizer, tmp_path)
+    trainer.train()
+    assert trainer.is_fsdp_enabled is False and trainer.accelerator.state.deepspeed_plugin is None
+    assert hooks.gathered_policy(trainer, trainer.model) is trainer.model  # unsharded: the model as trained
+    # what the sharded path does with accelerate's gathered state dict: load it into a copy of the model
+    state = trainer.accelerator.get_state_dict(trainer.model_wrapped)
+    fresh = tiny_causal_lm(tokenizer, seed=2).float()
+    fresh.load_state_dict(state)
+    for (name, trained), loaded in zip(
+        trainer.model.state_dict().items(), fresh.state_dict().values(), strict=True
+    ):
+        assert torch.equal(trained, loaded), name

@@ -12,19 +12,26 @@ executor) sends submitit's requeue signal (SIGUSR2 by default), the running tria
 interrupted first, then submitit's own handler checkpoints the job and requeues it, and the requeued job
 resumes the sweep (the interrupted trial runs again, not counted as a failure). SIGTERM (scancel) stops
 the worker the same way, with exit code 143 and no requeue.
+
+Trials over k GPUs (`execution.processes_per_trial`): a job of n GPUs runs n/k workers, one per group of k
+GPUs, each in a process of its own that SIGTERM and the requeue signal reach.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
 from pathlib import Path
 
+from sweep.engine.launch import gpu_groups
 from sweep.engine.queue import Sweep
 from sweep.engine.workers import run_worker
 from sweep.errors import UserError
-from sweep.signals import EXIT_TERMINATED, Terminated, stop_now
-from sweep.spec.recipe import Locate, SlurmSpec, as_given
+from sweep.results import SweepFolder
+from sweep.signals import EXIT_TERMINATED, Terminated, graceful_stops, stop_now
+from sweep.spec.launching import launched, slurm_gpus
+from sweep.spec.recipe import Locate, Recipe, SlurmSpec, as_given
 
 try:
     from submitit.helpers import Checkpointable
@@ -47,13 +54,60 @@ class WorkerJob(Checkpointable):
             stop_now(signum, frame)
 
         signal.signal(requeue_signal, stop)
+        groups = job_groups(folder)
         try:
-            code = run_worker(folder, storage, None, True, locate)
+            if len(groups) > 1:
+                code = _run_groups(groups, folder, storage, locate)
+            else:
+                code = run_worker(folder, storage, None, True, locate)
         except Terminated:
             code = EXIT_TERMINATED
         if preempted and callable(requeue):
             requeue(preempted[0], None)
         return code
+
+
+def job_groups(folder: str) -> list[str]:
+    """The trial groups (CUDA_VISIBLE_DEVICES each) of the GPUs SLURM gave this job: with k processes per
+    trial, a job of n GPUs runs n/k workers at once; none when its trials run on one GPU or on the CPU."""
+    import yaml
+
+    text = SweepFolder(folder).read_recipe()
+    if text is None:  # not a sweep folder: run_worker says so
+        return []
+    recipe = Recipe.model_validate(yaml.safe_load(text))
+    visible = [gpu for gpu in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if gpu]
+    if not launched(recipe) or recipe.execution.devices == "cpu" or not visible:
+        return []
+    return gpu_groups(visible, recipe.execution.processes_per_trial)
+
+
+def _run_groups(groups: list[str], folder: str, storage: str | None, locate: Locate) -> int:
+    """One `posweep worker` process per trial group; SIGTERM (and the requeue signal) reach every one of them,
+    which record their running trials interrupted. The exit code is the first worker's that did not end 0."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_group_worker, args=(g, folder, storage, locate)) for g in groups]
+    for worker in workers:
+        worker.start()
+    with graceful_stops():
+        try:
+            for worker in workers:
+                worker.join()
+        except Terminated:
+            for worker in workers:
+                if worker.is_alive():
+                    os.kill(worker.pid, signal.SIGTERM)
+            for worker in workers:
+                worker.join()
+            raise
+    return next((worker.exitcode for worker in workers if worker.exitcode), 0)
+
+
+def _group_worker(group: str, folder: str, storage: str | None, locate: Locate) -> None:
+    os.environ["CUDA_VISIBLE_DEVICES"] = group
+    sys.exit(run_worker(folder, storage, None, True, locate))
 
 
 STORAGE_VARIABLE = "POSWEEP_STORAGE_URL"
@@ -86,7 +140,7 @@ def submit_workers(
     parameters = {
         "name": f"posweep-{sweep.dir.name}",
         "timeout_min": spec.time_min,
-        "gpus_per_node": spec.gpus_per_worker,
+        "gpus_per_node": slurm_gpus(sweep.recipe),
         "cpus_per_task": spec.cpus_per_worker,
         "mem_gb": spec.mem_gb,
     }

@@ -23,6 +23,7 @@ from sweep.engine.folder import (
     sweep_storage,
     write_sweep_json,
 )
+from sweep.engine.launch import TrialGroup, gpu_envs
 from sweep.engine.live import RunningTrials
 from sweep.engine.preflight import is_disk_error, preflight
 from sweep.engine.progress import Event, Progress
@@ -32,6 +33,7 @@ from sweep.errors import UserError
 from sweep.io import utc_now
 from sweep.results import SweepFolder
 from sweep.signals import EXIT_FAILED, Terminated, exit_code, graceful_stops, raise_if_stopped
+from sweep.spec.launching import launched
 from sweep.spec.metrics import selection_value
 from sweep.spec.recipe import Locate, Recipe, as_given
 
@@ -69,7 +71,10 @@ def worker_loop(
 
         return Evaluator(recipe, model, tokenizer, folder, device, log)
 
-    worker = Worker(recipe, folder, device=device, log=log, evaluator_factory=evaluator)
+    if launched(recipe):
+        worker = TrialGroup(recipe, folder, device, log)
+    else:
+        worker = Worker(recipe, folder, device=device, log=log, evaluator_factory=evaluator)
     ran = 0
     while max_trials is None or ran < max_trials:
         raise_if_stopped()
@@ -138,13 +143,11 @@ def _device_plan(recipe: Recipe, workers: int | None) -> list[dict[str, str]]:
             import torch
 
             gpus = list(range(torch.cuda.device_count()))
-    count = workers or (len(gpus) if gpus else recipe.execution.workers)
     if gpus:
-        return [
-            {"CUDA_VISIBLE_DEVICES": str(gpus[i % len(gpus)]), "POSWEEP_DEVICE": "cuda"} for i in range(count)
-        ]
+        return gpu_envs(gpus, recipe.execution.processes_per_trial, workers)
+    count, ranks = workers or recipe.execution.workers, recipe.execution.processes_per_trial
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    threads = str(recipe.execution.cpu_threads or (1 if cores <= 4 else max(1, cores // count)))
+    threads = str(recipe.execution.cpu_threads or (1 if cores <= 4 else max(1, cores // (count * ranks))))
     return [{"CUDA_VISIBLE_DEVICES": "", "POSWEEP_DEVICE": "cpu", "POSWEEP_THREADS": threads}] * count
 
 
@@ -341,8 +344,8 @@ def _preflight_device(envs: list[dict[str, str]]) -> str:
     if len(envs) == 1:
         os.environ.update(envs[0])
         return envs[0]["POSWEEP_DEVICE"]
-    first = envs[0]
-    return f"cuda:{first['CUDA_VISIBLE_DEVICES']}" if first["POSWEEP_DEVICE"] == "cuda" else "cpu"
+    first = envs[0]["CUDA_VISIBLE_DEVICES"].split(",")[0]  # a trial group's first GPU
+    return f"cuda:{first}" if envs[0]["POSWEEP_DEVICE"] == "cuda" else "cpu"
 
 
 def _existing(root: Path, recipe: Recipe) -> SweepFolder | None:

@@ -294,7 +294,7 @@ class SlurmSpec(Strict):
     account: str | None = None
     qos: str | None = None
     constraint: str | None = None
-    gpus_per_worker: Annotated[int, Field(ge=0)] = 1
+    gpus_per_worker: Annotated[int, Field(ge=0)] | None = None  # None: execution.processes_per_trial
     cpus_per_worker: PositiveInt = 8
     mem_gb: PositiveInt = 64
     time_min: PositiveInt = Field(24 * 60, description="time limit of each worker job, minutes")
@@ -313,6 +313,8 @@ class ExecutionSpec(Strict):
     )
     max_retries: Annotated[int, Field(ge=0)] = 1
     keep: Literal["none", "best", "all"] = "none"
+    processes_per_trial: PositiveInt = 1
+    accelerate_config: str | None = None
     slurm: SlurmSpec = SlurmSpec()
 
 

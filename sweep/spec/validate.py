@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from sweep.errors import UserError
+from sweep.spec.launching import launch_problems
 from sweep.spec.methods import HYPERPARAMETERS, REGISTRY, did_you_mean, method_trl_fields
 from sweep.spec.metrics import OBJECTIVES
 from sweep.spec.recipe import DATA_SUFFIXES, SAFE_NAME, Distribution, Recipe, TrainSpec
@@ -254,6 +255,7 @@ def _path_problems(recipe: Recipe, base: Path) -> list[tuple[str, str]]:
     ]
     targets += [(f"judge[{i}].reward_model", j, "reward_model") for i, j in enumerate(recipe.judges)]
     targets += [(f"judge[{i}].tokenizer", j, "tokenizer") for i, j in enumerate(recipe.judges)]
+    targets.append(("execution.accelerate_config", recipe.execution, "accelerate_config"))
     for where, section, attribute in targets:
         value = getattr(section, attribute)
         if value is None:
@@ -335,6 +337,7 @@ def load_recipe(file: str | Path) -> Recipe:
         raise RecipeError(str(file), _unique(problems)) from None
     problems += _judge_problems(recipe) + _objective_problems(recipe)
     problems += _path_problems(recipe, Path(file).resolve().parent)
+    problems += [p for p in launch_problems(recipe) if p[0] not in {where for where, _ in problems}]
     if not problems:
         problems += _extra_problems(recipe)
     if problems:

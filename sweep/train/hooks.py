@@ -7,6 +7,7 @@
   them (its collator, its fused LM head, its autocast, KTO's `compute_ref_log_probs`);
 - `use_precomputed_reference`: hand those values to a built trainer as TRL's precomputed reference columns;
 - `restore_forward`: undo the `forward` patches TRL and accelerate leave on a trained model;
+- `gathered_policy`: a trained policy's full weights when FSDP or DeepSpeed ZeRO-3 sharded them over ranks;
 - `dataset_fingerprint`: the `datasets` fingerprint of a dataset (memo key of content hashes).
 
 tests/test_hooks.py checks each assumption against the installed versions and fails loudly when one changes.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import copy
 import inspect
 import json
 from collections.abc import Iterator, Mapping
@@ -230,3 +232,22 @@ def restore_forward(model) -> None:
     for module in {model, model.get_base_model() if hasattr(model, "get_base_model") else model}:
         vars(module).pop("forward", None)
         vars(module).pop("_original_forward", None)
+
+
+def gathered_policy(trainer, like):
+    """The trained policy with all its weights in this process, for evaluation and saving.
+
+    FSDP and DeepSpeed ZeRO-3 shard the weights over the trial's ranks: every rank then takes part in
+    gathering them (accelerate's `get_state_dict`; ZeRO-3 gives them in 16 bits), and rank 0 loads them into
+    a float32 copy of `like` (the SFT model, same architecture). Unsharded, and on other ranks: as trained.
+    """
+    accelerator = trainer.accelerator
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if not (trainer.is_fsdp_enabled or (plugin is not None and plugin.zero_stage == 3)):
+        return trainer.model
+    state = accelerator.get_state_dict(trainer.model_wrapped)
+    if not accelerator.is_main_process:
+        return trainer.model
+    full = copy.deepcopy(like).float()
+    full.load_state_dict(state)
+    return full

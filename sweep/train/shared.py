@@ -63,6 +63,8 @@ class SharedTraining:
 
     def prepared(self, key: str, prepare: Callable[[], datasets.Dataset]) -> datasets.Dataset:
         """The training set TRL prepared for `key`: from memory, from the cache, or prepared and stored."""
+        if key not in self._prepared and _world_size() > 1:
+            self._prepared[key] = _prepared_together(self.cache_dir / "prepared" / key, prepare)
         if key not in self._prepared:
             folder = self.cache_dir / "prepared" / key
             with file_lock(folder.with_suffix(".lock")):
@@ -91,6 +93,28 @@ class SharedTraining:
     def rows(self, key: str) -> dict[str, dict]:
         """The memo of tokenized rows for one tokenizing setup (kept in memory only)."""
         return self._rows.setdefault(key, {})
+
+
+def _world_size() -> int:
+    """The processes of the torch.distributed group this process trains in (1 outside a launched trial)."""
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return torch.distributed.get_world_size() if distributed else 1
+
+
+def _prepared_together(folder: Path, prepare: Callable[[], datasets.Dataset]) -> datasets.Dataset:
+    """A prepared training set in a process group: every rank prepares it (TRL's preparation holds barriers
+    that every rank must reach) unless rank 0 finds it cached; rank 0 stores it; every rank reads it."""
+    found = [folder.is_dir()]
+    torch.distributed.broadcast_object_list(found, src=0)
+    if not found[0]:
+        dataset = prepare()
+        if torch.distributed.get_rank() == 0:
+            with file_lock(folder.with_suffix(".lock")):
+                if not folder.is_dir():
+                    with atomic_dir(folder) as staging:
+                        dataset.save_to_disk(str(staging))
+        torch.distributed.barrier()
+    return datasets.load_from_disk(str(folder))
 
 
 def _tokenizer_hash(tokenizer) -> str:

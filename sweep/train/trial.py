@@ -62,7 +62,8 @@ class Worker:
 
     `setup_s` is the time spent on that one-off work (loading the model, tokenizer and evaluator; the first
     evaluator use happens within a trial but is not counted in its time); `trials_run` counts trials run.
-    `reference_cache=False` makes fixed-reference trials run TRL's own reference pass in every step.
+    `reference_cache=False` makes fixed-reference trials run TRL's own reference pass in every step. `results`
+    is where its trials' files go (default the sweep folder's own; a rank other than 0 passes a private one).
     """
 
     def __init__(
@@ -74,11 +75,12 @@ class Worker:
         evaluator_factory: Callable[[Any, Any], Any] | None = None,
         train_dataset: datasets.Dataset | None = None,
         reference_cache: bool = True,
+        results: SweepFolder | None = None,
     ):
         started = time.perf_counter()
         self.recipe = recipe
         self.sweep_dir = Path(sweep_dir)
-        self.results = SweepFolder(sweep_dir)
+        self.results = results or SweepFolder(sweep_dir)
         self.device = device
         self.log = log
         self._evaluator_factory = evaluator_factory
@@ -221,7 +223,8 @@ class Worker:
         raise_if_stopped()  # a stop swallowed while TRL prepared the data (datasets catches everything)
         reference_s = self._supply_reference(trainer, method) if method.reference == "fixed" else None
         output = trainer.train()
-        policy, rows = trainer.model, len(trainer.train_dataset)
+        rows, world_size = len(trainer.train_dataset), trainer.args.world_size
+        policy = hooks.gathered_policy(trainer, self.sft)
         del trainer, reference
         hooks.restore_forward(self.sft)
         hooks.restore_forward(policy)
@@ -235,6 +238,7 @@ class Worker:
             "runtime_s": output.metrics.get("train_runtime"),
             "length_policy": self.length_counts[spec.variant or ""],
             "training_rows": rows,
+            "world_size": world_size,
             **training_record(policy, train, method, self.device, output.global_step),
         }
         diverged = divergence(callback.diverged_at, callback.last_loss, output.training_loss, policy)
