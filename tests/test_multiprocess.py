@@ -69,6 +69,7 @@ def test_two_process_trials_match_one_process_and_two_groups_run_at_once(inputs,
     assert single["state"] == "complete" and single["train"]["world_size"] == 1
     # the two groups ran at the same time (claimed before the other was closed): on ports of their own
     study = optuna.load_study(study_name="two", storage=open_storage(None, tmp_path / "two"))
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 2, "a trial was claimed twice"
     first, second = sorted(study.trials, key=lambda t: t.datetime_start)
     assert second.datetime_start < first.datetime_complete
     # step 1: the same pairs (the 2 ranks' halves of the 1-process batch); later steps: the same updates
