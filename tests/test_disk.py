@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_engine import inputs, trial_files, write_recipe  # noqa: F401 (the module-scoped fixture)
+from test_engine import inputs, run, trial_files, write_recipe  # noqa: F401 (the module-scoped fixture)
 from test_preflight import mounted
 
 pytestmark = pytest.mark.slow
@@ -85,10 +85,8 @@ def test_a_results_folder_filling_up_mid_trial_fails_it_with_reason_disk_and_sto
         assert every_json_parses(sweep) >= 3
         assert not list(sweep.rglob("*.tmp")), "an atomic write left its temporary file"
         filler.unlink()
-        again = subprocess.run(
-            [*command, "--storage", storage, "-q"], capture_output=True, text=True, timeout=300
-        )
-        assert again.returncode == 0, again.stdout + again.stderr
+        again = run("run", recipe, "--results", disk / "results", "--storage", storage, "-q")  # in-process
+        assert again.exit_code == 0, again.output
         metrics = trial_files(sweep)
         assert all(m["state"] == "complete" for m in metrics.values()) and len(metrics) == 2
         assert metrics[victim]["attempt"] == 2, "a disk failure does not use up the trial's retries"
