@@ -191,12 +191,12 @@ def differences(posweep: Side, baseline: Side) -> dict[str, tuple[float, str]]:
 def reference_effect(recipe_path: Path, folder: Path, repeats: int) -> dict[str, float]:
     """One DPO trial with the shared reference log-probabilities and without (TRL's per-step reference
     pass), alternating, in this process; times are medians over `repeats` runs of each."""
-    from sweep.engine.workers import _configure_process
+    from sweep.engine.workers import configure_process
     from sweep.spec.plan import TrialSpec, plan_recipe
     from sweep.spec.validate import load_recipe
     from sweep.train.trial import Worker
 
-    _configure_process({"POSWEEP_THREADS": str(max(1, os.cpu_count() or 1))})
+    configure_process({"POSWEEP_THREADS": str(max(1, os.cpu_count() or 1))})
     recipe = load_recipe(recipe_path)
     spec = next(t for t in plan_recipe(recipe).trials if t.method == "dpo")
     cached = Worker(recipe, folder / "cached", log=lambda line: None)

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import optuna
+import psutil
 import pytest
 import torch
 import trl
@@ -130,42 +131,29 @@ def test_groups_started_at_once_never_share_a_port(tmp_path):
 
 
 def descendants(root: int) -> dict[int, str]:
-    """pid -> command line of every live process below `root` (read from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        try:
-            stat = (entry / "stat").read_text() if entry.name.isdigit() else ""
-        except OSError:
-            continue
-        if not stat:
-            continue
-        children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry.name))
-    found, todo = {}, [root]
-    while todo:
-        for pid in children.get(todo.pop(), []):
-            try:
-                found[pid] = (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            todo.append(pid)
+    """pid -> command line of every live process below `root`."""
+    found = {}
+    with contextlib.suppress(psutil.NoSuchProcess):
+        for child in psutil.Process(root).children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                found[child.pid] = " ".join(child.cmdline())
     return found
 
 
 def alive(pid: int) -> bool:
     """Whether `pid` is a live process (not gone, not a zombie)."""
     try:
-        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
 
 
 def rank_of(pid: int) -> int | None:
     try:
-        environ = (Path("/proc") / str(pid) / "environ").read_bytes().split(b"\0")
-    except OSError:
+        environ = psutil.Process(pid).environ()
+    except psutil.Error:
         return None
-    values = dict(item.split(b"=", 1) for item in environ if b"=" in item)
-    return int(values[b"RANK"]) if b"RANK" in values else None
+    return int(environ["RANK"]) if "RANK" in environ else None
 
 
 def wait_until(predicate, timeout: float, what: str) -> None:

@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import psutil
+
 from sweep.errors import UserError
 from sweep.io import file_lock, utc_now, write_json
 from sweep.results import SweepFolder
@@ -180,20 +182,11 @@ def listening(port: int) -> bool:
 
 
 def descendants(pid: int) -> list[int]:
-    """The pids of every live process below `pid` (from /proc: children, grandchildren, ...)."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                stat = (entry / "stat").read_text()
-                parent = int(stat.rsplit(")", 1)[1].split()[1])
-                parents.setdefault(parent, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        children = parents.get(todo.pop(), [])
-        found += children
-        todo += children
-    return found
+    """The pids of every live process below `pid` (children, grandchildren, ...)."""
+    try:
+        return [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
 
 
 def stop_group(launcher: subprocess.Popen, grace: float = STOP_S) -> None:

@@ -20,7 +20,8 @@ import torch
 import yaml
 
 from sweep.engine.launch import LOG_PREFIX
-from sweep.engine.workers import _configure_process
+from sweep.engine.workers import configure_process
+from sweep.evaluate.evaluator import evaluator_factory
 from sweep.results import SweepFolder, TrialFolder
 from sweep.spec.plan import TrialSpec
 from sweep.spec.recipe import Recipe
@@ -48,12 +49,12 @@ def main(job_file: str) -> int:
     spec = TrialSpec(**job["spec"])
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     device = "cpu" if job["device"] == "cpu" else f"cuda:{local_rank}"
-    _configure_process(os.environ)
+    configure_process(os.environ)
     if device != "cpu":
         torch.cuda.set_device(local_rank)
     if rank == 0:
         result = Worker(
-            recipe, job["sweep"], device, _relay, _evaluator_factory(recipe, job["sweep"], device)
+            recipe, job["sweep"], device, _relay, evaluator_factory(recipe, job["sweep"], device, _relay)
         ).run(spec, attempt=job["attempt"])
         return 0 if result.state != "failed" else 1
     quiet = recipe.model_copy(
@@ -70,15 +71,6 @@ def main(job_file: str) -> int:
         if result.state == "failed" and failure.is_file():
             print(f"rank {rank}: {failure.read_text(encoding='utf-8')}", file=sys.stderr, flush=True)
     return 0 if result.state != "failed" else 1
-
-
-def _evaluator_factory(recipe: Recipe, sweep_dir: str, device: str):
-    def evaluator(model, tokenizer):
-        from sweep.evaluate.evaluator import Evaluator
-
-        return Evaluator(recipe, model, tokenizer, sweep_dir, device, _relay)
-
-    return evaluator
 
 
 def _relay(line: str) -> None:

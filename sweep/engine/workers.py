@@ -60,20 +60,16 @@ def worker_loop(
     turns the recipe's references into loadable ones (the entry points pass the built-in resolver).
     """
     importing = time.perf_counter()
+    from sweep.evaluate.evaluator import evaluator_factory
     from sweep.train.trial import Worker
 
     setup_s += time.perf_counter() - importing
 
     recipe, folder = sweep.recipe.located(locate), sweep.dir
-
-    def evaluator(model, tokenizer):
-        from sweep.evaluate.evaluator import Evaluator
-
-        return Evaluator(recipe, model, tokenizer, folder, device, log)
-
     if launched(recipe):
         worker = TrialGroup(recipe, folder, device, log)
     else:
+        evaluator = evaluator_factory(recipe, folder, device, log)
         worker = Worker(recipe, folder, device=device, log=log, evaluator_factory=evaluator)
     ran = 0
     while max_trials is None or ran < max_trials:
@@ -166,7 +162,7 @@ def _worker_process(
 
     recipe = Recipe.model_validate(yaml.safe_load(recipe_yaml))
     importing = time.perf_counter()
-    _configure_process(env)
+    configure_process(env)
     setup_s = time.perf_counter() - importing
     try:
         with graceful_stops():
@@ -187,7 +183,7 @@ def _worker_process(
         sys.exit(EXIT_FAILED)
 
 
-def _configure_process(env: dict) -> None:
+def configure_process(env: dict) -> None:
     """Quiet library logging and set the torch thread count for this worker."""
     import torch
 
@@ -218,7 +214,7 @@ def run_worker(
     given_gpus = os.environ.get("CUDA_VISIBLE_DEVICES") and recipe.execution.devices != "cpu"
     env = {"POSWEEP_DEVICE": "cuda"} if given_gpus else _device_plan(recipe, 1)[0]
     os.environ.update(env)
-    _configure_process(env)
+    configure_process(env)
     sweep = open_sweep_folder(recipe, folder, sweep_storage(folder, storage))
     progress = Progress(sweep.plan.total, reconcile(sweep)["done"], quiet, RunningTrials(sweep))
     with graceful_stops():
@@ -299,7 +295,7 @@ def _run(recipe, results, storage, max_trials, new, quiet, locate, envs, started
     try:
         if len(envs) == 1:
             importing = time.perf_counter()
-            _configure_process(envs[0])
+            configure_process(envs[0])
             setup_s = time.perf_counter() - importing
             device = envs[0]["POSWEEP_DEVICE"]
             worker_loop(sweep, device, max_trials, progress, progress.log, setup_s, locate)

@@ -377,3 +377,14 @@ class Evaluator:
             )
             records.append(record)
         return records
+
+
+def evaluator_factory(
+    recipe: Recipe, sweep_dir: str | Path, device, log: Callable[[str], None]
+) -> Callable[..., Evaluator]:
+    """What a trial worker calls with its SFT model and tokenizer to get the sweep's evaluator."""
+
+    def build(sft_model, tokenizer) -> Evaluator:
+        return Evaluator(recipe, sft_model, tokenizer, sweep_dir, device, log)
+
+    return build

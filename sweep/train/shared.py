@@ -69,9 +69,7 @@ class SharedTraining:
             folder = self.cache_dir / "prepared" / key
             with file_lock(folder.with_suffix(".lock")):
                 if not folder.is_dir():
-                    dataset = prepare()
-                    with atomic_dir(folder) as staging:
-                        dataset.save_to_disk(str(staging))
+                    _store(folder, prepare())
                 self._prepared[key] = datasets.load_from_disk(str(folder))
         return self._prepared[key]
 
@@ -111,10 +109,15 @@ def _prepared_together(folder: Path, prepare: Callable[[], datasets.Dataset]) ->
         if torch.distributed.get_rank() == 0:
             with file_lock(folder.with_suffix(".lock")):
                 if not folder.is_dir():
-                    with atomic_dir(folder) as staging:
-                        dataset.save_to_disk(str(staging))
+                    _store(folder, dataset)
         torch.distributed.barrier()
     return datasets.load_from_disk(str(folder))
+
+
+def _store(folder: Path, dataset: datasets.Dataset) -> None:
+    """Write a prepared training set into the cache as one atomic folder (the caller holds its lock)."""
+    with atomic_dir(folder) as staging:
+        dataset.save_to_disk(str(staging))
 
 
 def _tokenizer_hash(tokenizer) -> str:
