@@ -6,15 +6,19 @@ TRL's own shipped accelerate configs (trl/accelerate_configs) are validated as t
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 import trl
 import yaml
 from typer.testing import CliRunner
 
 from sweep.cli import app
-from sweep.engine.launch import gpu_envs, launch_command
+from sweep.engine.launch import gpu_envs, identity, launch_command, running
 from sweep.engine.slurm import job_groups
 from sweep.errors import UserError
 from sweep.results import SweepFolder
@@ -173,3 +177,18 @@ def test_a_slurm_job_of_8_gpus_runs_8_over_k_workers(base_recipe, tmp_path, monk
     SweepFolder(tmp_path).write_recipe(load_recipe(write(tmp_path, base_recipe)).dump())
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3,4,5,6,7")  # what SLURM gives a job of 8 GPUs
     assert job_groups(str(tmp_path)) == groups
+
+
+def test_a_watched_worker_counts_as_gone_once_dead_a_zombie_or_its_pid_reused():
+    assert running(identity(psutil.Process()))
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    watched = identity(psutil.Process(child.pid))
+    deadline = time.monotonic() + 30
+    while psutil.Process(child.pid).status() != psutil.STATUS_ZOMBIE:  # exited, not yet reaped
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert not running(watched)
+    child.wait()
+    assert not running(watched)  # reaped: the pid is gone
+    reused = {**identity(psutil.Process()), "started": psutil.Process().create_time() - 5}
+    assert not running(reused)  # another process now holds the pid

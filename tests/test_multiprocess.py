@@ -2,7 +2,7 @@
 
 The trials train the tiny local model of test_engine with TRL's DPO trainer in a 2-rank process group; the
 checks compare them with the same trial in one process, run two groups at once, kill a rank, and stop a
-worker with SIGTERM.
+worker with SIGTERM or kill it outright.
 """
 
 from __future__ import annotations
@@ -190,7 +190,7 @@ def training(trial: Path, attempt: int) -> bool:
         return False
 
 
-def test_a_killed_rank_is_retried_and_sigterm_stops_every_rank(inputs, tmp_path):
+def test_a_killed_rank_is_retried_and_sigterm_or_a_dead_worker_stops_every_rank(inputs, tmp_path):
     recipe = group_recipe(inputs, "faults", [0.1], steps=20, max_retries=1)
     trial = tmp_path / "faults" / "trials" / "dpo-b0.1-lr0.001-s0"
     sweep = start_sweep(recipe, tmp_path)
@@ -212,11 +212,21 @@ def test_a_killed_rank_is_retried_and_sigterm_stops_every_rank(inputs, tmp_path)
     assert sweep.returncode == 143, output
     assert "failed (rank)" in output
     assert json.loads((trial / "metrics.json").read_text())["state"] == "interrupted"
+    sweep = start_sweep(recipe, tmp_path)  # resumed, then its worker killed outright: nothing to forward
+    with killed_at_exit(sweep):
+        wait_until(lambda: training(trial, 3), 120, "the resumed trial's first training step")
+        group = descendants(sweep.pid)
+        assert sorted(rank_of(pid) for pid in group if rank_of(pid) is not None) == [0, 1]
+        sweep.kill()
+        sent = time.monotonic()
+        sweep.wait()
+        wait_until(lambda: not any(alive(pid) for pid in group), 10, "the orphaned ranks to exit")
+        orphaned = time.monotonic() - sent
     result = run("run", recipe, "--results", tmp_path, "--quiet")  # the rerun, in this process
     assert result.exit_code == 0, result.output
     record = json.loads((trial / "metrics.json").read_text())
-    assert (record["state"], record["attempt"], record["train"]["world_size"]) == ("complete", 3, 2)
-    print(f"every rank gone {stopped:.2f} s after SIGTERM")
+    assert (record["state"], record["attempt"], record["train"]["world_size"]) == ("complete", 4, 2)
+    print(f"every rank gone {stopped:.2f} s after SIGTERM, {orphaned:.2f} s after the worker's SIGKILL")
 
 
 TRL_CONFIGS = Path(trl.__file__).parent / "accelerate_configs"

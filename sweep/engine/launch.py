@@ -7,7 +7,10 @@ rendezvous port is chosen free, under a per-host lock in the sweep folder held u
 so two groups starting at once never pick the same port. A group that exits non-zero (a rank's exception or
 NaN, a killed rank: the launcher then stops the others) is a failed trial, retried as any other. SIGTERM or
 Ctrl-C to the worker is forwarded to the launcher, which stops every rank; what is still alive after
-`STOP_S` seconds is killed, and the trial is recorded interrupted.
+`STOP_S` seconds is killed, and the trial is recorded interrupted. A worker killed outright (SIGKILL, the
+OOM killer) cannot forward anything, so every rank watches it (`watch_worker`) and, once it is gone, sends
+the launcher the SIGTERM the worker would have sent: no orphaned group keeps training a trial that a rerun
+claims again.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -81,7 +85,7 @@ class TrialGroup:
             job, output = Path(scratch) / "job.json", Path(scratch) / "output.log"
             write_json(job, {
                 "recipe": self.recipe.dump(), "sweep": str(self.results.path), "spec": spec.to_json(),
-                "attempt": attempt, "device": self.device,
+                "attempt": attempt, "device": self.device, "worker": identity(psutil.Process()),
             })  # fmt: skip
             with output.open("wb") as sink:
                 launcher = self._start(job, sink)
@@ -187,6 +191,36 @@ def descendants(pid: int) -> list[int]:
         return [child.pid for child in psutil.Process(pid).children(recursive=True)]
     except psutil.NoSuchProcess:
         return []
+
+
+def identity(process: psutil.Process) -> dict:
+    """What tells a process from a later one that reuses its pid: the pid and its start time."""
+    return {"pid": process.pid, "started": process.create_time()}
+
+
+def running(process: dict) -> bool:
+    """Whether the process of `identity` still runs (not gone, not a zombie, its pid not reused)."""
+    try:
+        found = psutil.Process(process["pid"])
+        return found.create_time() == process["started"] and found.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def watch_worker(worker: dict, every: float = 1.0) -> threading.Thread:
+    """Start a daemon thread in a rank that stops the whole group once the worker that launched it is gone:
+    SIGTERM to the launcher (this rank's parent), which stops every rank; SIGTERM to this rank when the
+    launcher is gone too."""
+    launcher = identity(psutil.Process().parent())
+
+    def watch() -> None:
+        while running(worker):
+            time.sleep(every)
+        os.kill(launcher["pid"] if running(launcher) else os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=watch, name="posweep-watch-worker", daemon=True)
+    thread.start()
+    return thread
 
 
 def stop_group(launcher: subprocess.Popen, grace: float = STOP_S) -> None:

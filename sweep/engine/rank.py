@@ -4,7 +4,8 @@ Every rank builds the same `sweep.train.trial.Worker` and trains the trial in th
 accelerate set up (RANK, WORLD_SIZE, LOCAL_RANK; gloo on CPU). Rank 0 writes the trial's files and alone
 evaluates the trained policy; the other ranks write theirs into a private scratch folder that vanishes with
 them, and read the sweep's shared cache (tokenized data, reference log-probs) like any worker. A rank whose
-trial failed exits 1, so the launcher ends the whole group and the engine records the trial failed.
+trial failed exits 1, so the launcher ends the whole group and the engine records the trial failed. Every
+rank watches the worker that launched it and has the launcher stop the group if that worker dies.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from sweep.engine.launch import LOG_PREFIX
+from sweep.engine.launch import LOG_PREFIX, watch_worker
 from sweep.engine.workers import configure_process
 from sweep.evaluate.evaluator import evaluator_factory
 from sweep.results import SweepFolder, TrialFolder
@@ -50,6 +51,7 @@ def main(job_file: str) -> int:
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     device = "cpu" if job["device"] == "cpu" else f"cuda:{local_rank}"
     configure_process(os.environ)
+    watch_worker(job["worker"])
     if device != "cpu":
         torch.cuda.set_device(local_rank)
     if rank == 0:
