@@ -15,6 +15,7 @@ swallowed stop again.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 from collections.abc import Iterator
 
@@ -69,6 +70,13 @@ def graceful_stops() -> Iterator[None]:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         _requested.clear()
+
+
+def stop_processes(processes) -> None:
+    """Pass a SIGTERM on to every child process (multiprocessing.Process) still running."""
+    for process in processes:
+        if process.is_alive():
+            os.kill(process.pid, signal.SIGTERM)
 
 
 def exit_code(error: KeyboardInterrupt) -> int:

@@ -251,7 +251,7 @@ def _wait_for_running_trial(sweep: Path, process: subprocess.Popen, timeout: flo
     raise AssertionError("no trial started in time")
 
 
-def _start(recipe: Path, results: Path) -> subprocess.Popen:
+def start_run(recipe: Path, results: Path) -> subprocess.Popen:
     """`posweep run` as a terminal starts it: SIGINT at its default even if this test runs in the
     background (a shell without job control starts background jobs with SIGINT ignored, and Python
     installs no KeyboardInterrupt handler when it starts with SIGINT ignored). Its faulthandler prints
@@ -300,7 +300,7 @@ def test_interrupted_sweep_completes_on_rerun_exactly_once(inputs, tmp_path):
     # as the first trial starts, always lands before the sweep could have finished on a busy machine
     recipe = write_recipe(inputs, "killed", methods, train={"max_steps": 50, "max_length": 48})
     sweep = tmp_path / "killed"
-    process = _start(recipe, tmp_path)
+    process = start_run(recipe, tmp_path)
     _wait_for_running_trial(sweep, process)
     process.send_signal(signal.SIGINT)
     code = _exit_code(process, 120)
@@ -347,7 +347,7 @@ def test_sigterm_mid_trial_exits_143_marks_it_interrupted_and_a_rerun_trains_onl
     assert first.exit_code == 0, first.output
     (done,) = [t for t, m in trial_files(sweep).items() if m and m["state"] == "complete"]
     stamp = (sweep / "trials" / done / "metrics.json").stat().st_mtime_ns
-    process = _start(recipe, tmp_path)
+    process = start_run(recipe, tmp_path)
     deadline = time.monotonic() + 120
     while not [p for p in sweep.glob("trials/*/params.json") if p.parent.name != done]:
         assert process.poll() is None and time.monotonic() < deadline, process.stdout.read().decode()

@@ -23,9 +23,10 @@ import psutil
 import pytest
 import torch
 import trl
-from test_engine import inputs, run, trial_files, write_recipe
+from test_distributed import wait_for
+from test_engine import inputs, run, start_run, trial_files, write_recipe
 
-from sweep.engine.launch import listening, start_group
+from sweep.engine.launch import descendants, listening, start_group
 from sweep.engine.storage import open_storage
 
 __all__ = ["inputs"]  # the engine tests' module fixture (tiny model, reward model, data), used here too
@@ -130,16 +131,6 @@ def test_groups_started_at_once_never_share_a_port(tmp_path):
             process.wait()
 
 
-def descendants(root: int) -> dict[int, str]:
-    """pid -> command line of every live process below `root`."""
-    found = {}
-    with contextlib.suppress(psutil.NoSuchProcess):
-        for child in psutil.Process(root).children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                found[child.pid] = " ".join(child.cmdline())
-    return found
-
-
 def alive(pid: int) -> bool:
     """Whether `pid` is a live process (not gone, not a zombie)."""
     try:
@@ -156,13 +147,6 @@ def rank_of(pid: int) -> int | None:
     return int(environ["RANK"]) if "RANK" in environ else None
 
 
-def wait_until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 @contextlib.contextmanager
 def killed_at_exit(process: subprocess.Popen):
     """Kill `process` and what it started if the test ends before it did."""
@@ -174,11 +158,6 @@ def killed_at_exit(process: subprocess.Popen):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             process.wait()
-
-
-def start_sweep(recipe: Path, results: Path) -> subprocess.Popen:
-    command = [sys.executable, "-m", "sweep", "run", str(recipe), "--results", str(results), "--quiet"]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def training(trial: Path, attempt: int) -> bool:
@@ -193,34 +172,34 @@ def training(trial: Path, attempt: int) -> bool:
 def test_a_killed_rank_is_retried_and_sigterm_or_a_dead_worker_stops_every_rank(inputs, tmp_path):
     recipe = group_recipe(inputs, "faults", [0.1], steps=20, max_retries=1)
     trial = tmp_path / "faults" / "trials" / "dpo-b0.1-lr0.001-s0"
-    sweep = start_sweep(recipe, tmp_path)
+    sweep = start_run(recipe, tmp_path)
     with killed_at_exit(sweep):
-        wait_until(lambda: training(trial, 1), 120, "the first training step")
+        wait_for(lambda: training(trial, 1), 120, "the first training step")
         killed = descendants(sweep.pid)
         assert sorted(rank_of(pid) for pid in killed if rank_of(pid) is not None) == [0, 1]
         (second,) = [pid for pid in killed if rank_of(pid) == 1]
         os.kill(second, signal.SIGKILL)
-        wait_until(lambda: training(trial, 2), 120, "the retry's first training step")
+        wait_for(lambda: training(trial, 2), 120, "the retry's first training step")
         assert not [pid for pid in killed if alive(pid)]  # the killed group left no process behind
         assert json.loads((trial / "params.json").read_text())["attempt"] == 2
         group = descendants(sweep.pid)
         sweep.send_signal(signal.SIGTERM)
         sent = time.monotonic()
-        wait_until(lambda: not any(alive(pid) for pid in group), 10, "every rank to exit")
+        wait_for(lambda: not any(alive(pid) for pid in group), 10, "every rank to exit")
         stopped = time.monotonic() - sent
-        output = sweep.communicate(timeout=60)[0]
+        output = sweep.communicate(timeout=60)[0].decode(errors="replace")
     assert sweep.returncode == 143, output
     assert "failed (rank)" in output
     assert json.loads((trial / "metrics.json").read_text())["state"] == "interrupted"
-    sweep = start_sweep(recipe, tmp_path)  # resumed, then its worker killed outright: nothing to forward
+    sweep = start_run(recipe, tmp_path)  # resumed, then its worker killed outright: nothing to forward
     with killed_at_exit(sweep):
-        wait_until(lambda: training(trial, 3), 120, "the resumed trial's first training step")
+        wait_for(lambda: training(trial, 3), 120, "the resumed trial's first training step")
         group = descendants(sweep.pid)
         assert sorted(rank_of(pid) for pid in group if rank_of(pid) is not None) == [0, 1]
         sweep.kill()
         sent = time.monotonic()
         sweep.wait()
-        wait_until(lambda: not any(alive(pid) for pid in group), 10, "the orphaned ranks to exit")
+        wait_for(lambda: not any(alive(pid) for pid in group), 10, "the orphaned ranks to exit")
         orphaned = time.monotonic() - sent
     result = run("run", recipe, "--results", tmp_path, "--quiet")  # the rerun, in this process
     assert result.exit_code == 0, result.output

@@ -29,7 +29,7 @@ from sweep.engine.queue import Sweep
 from sweep.engine.workers import run_worker
 from sweep.errors import UserError
 from sweep.results import SweepFolder
-from sweep.signals import EXIT_TERMINATED, Terminated, graceful_stops, stop_now
+from sweep.signals import EXIT_TERMINATED, Terminated, graceful_stops, stop_now, stop_processes
 from sweep.spec.launching import launched, slurm_gpus
 from sweep.spec.recipe import Locate, Recipe, SlurmSpec, as_given
 
@@ -96,9 +96,7 @@ def _run_groups(groups: list[str], folder: str, storage: str | None, locate: Loc
             for worker in workers:
                 worker.join()
         except Terminated:
-            for worker in workers:
-                if worker.is_alive():
-                    os.kill(worker.pid, signal.SIGTERM)
+            stop_processes(workers)
             for worker in workers:
                 worker.join()
             raise

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import sys
 import time
@@ -32,7 +31,7 @@ from sweep.engine.status import failed_trials, summarize
 from sweep.errors import UserError
 from sweep.io import utc_now
 from sweep.results import SweepFolder
-from sweep.signals import EXIT_FAILED, Terminated, exit_code, graceful_stops, raise_if_stopped
+from sweep.signals import EXIT_FAILED, Terminated, exit_code, graceful_stops, raise_if_stopped, stop_processes
 from sweep.spec.launching import launched
 from sweep.spec.metrics import selection_value
 from sweep.spec.recipe import Locate, Recipe, as_given
@@ -386,9 +385,7 @@ def _run_processes(
             else:
                 progress(item)
     except Terminated:  # a Ctrl-C reaches the whole process group; a SIGTERM may reach this process only
-        for proc in procs:
-            if proc.is_alive():
-                os.kill(proc.pid, signal.SIGTERM)
+        stop_processes(procs)
         raise
     finally:
         for proc in procs:

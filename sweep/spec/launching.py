@@ -105,7 +105,7 @@ def _config_problems(recipe: Recipe, config: dict[str, Any]) -> list[str]:
     version = (config.get("fsdp_config") or {}).get("fsdp_version", 1)
     if kind == "FSDP" and version not in (1, 2):
         problems.append(f"fsdp_config.fsdp_version {version!r} is not 1 or 2")
-    sharded = kind == "FSDP" or (stage is not None and stage == 3)
+    sharded = kind == "FSDP" or stage == 3
     for method in recipe.methods:
         moving = REGISTRY[method].reference == "moving"
         if moving and kind == "FSDP":
