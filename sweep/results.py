@@ -27,6 +27,7 @@ from typing import Any
 
 from sweep.errors import UserError
 from sweep.io import append_jsonl, file_lock, read_json, write_json, write_jsonl, write_text
+from sweep.spec.metrics import ranked, selection_value
 
 SCHEMA_VERSION = 1
 RUNNING = "running"
@@ -179,6 +180,19 @@ class TrialRecord:
     def state(self) -> str:
         """metrics.json's state, or running."""
         return RUNNING if self.metrics is None else self.metrics.state
+
+    def part_value(self, key: str, part: str) -> float | None:
+        """Metric `key` over one part of the prompts ("selection" or "test"); None when not recorded."""
+        value = (self.metrics.metrics.get(part) or {}).get(key) if self.metrics else None
+        return None if value is None else float(value)
+
+
+def ranked_trials(records: list[TrialRecord], key: str, maximize: bool) -> list[TrialRecord]:
+    """The complete trials, best first by objective `key` over the selection part (all prompts' objective
+    for a trial recorded without the split), ties to the smaller trial id (`sweep.spec.metrics.ranked`)."""
+    complete = {r.trial_id: r for r in records if r.state == "complete"}
+    values = [(i, selection_value(r.metrics.metrics, key, r.metrics.objective)) for i, r in complete.items()]
+    return [complete[trial_id] for trial_id in ranked(values, maximize)]
 
 
 class TrialFolder:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from sweep.io import file_lock, utc_now
-from sweep.results import SweepFolder
+from sweep.results import SweepFolder, ranked_trials
 from sweep.spec.methods import HYPERPARAMETERS
 from sweep.spec.plan import Plan, TrialSpec, axis_scale, sampled_trial_id
 from sweep.spec.recipe import Distribution, Recipe
@@ -233,17 +233,17 @@ def others_running(sweep: Sweep) -> bool:
 def keep_best(sweep: Sweep) -> str | None:
     """`execution.keep: best`: discard every kept model but the best complete trial's; return its id.
 
-    Decided from the study under the queue lock, so workers finishing at the same time agree.
+    The best trial is the sweep's one ranking (`sweep.results.ranked_trials`) over the trials' metrics.json,
+    decided under the queue lock, so workers finishing at the same time agree.
     """
-    from optuna.trial import TrialState
-
     with queue_lock(sweep):
-        complete = sweep.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if not complete:
+        records = sweep.folder.trials()
+        objective = sweep.recipe.eval
+        ranked = ranked_trials(records, objective.objective, objective.direction == "maximize")
+        if not ranked:
             return None
-        best = sweep.study.best_trial
-        best_id = best.user_attrs.get(ATTR, {}).get("trial_id")
-        for record in sweep.folder.trials():
+        best_id = ranked[0].trial_id
+        for record in records:
             if record.trial_id != best_id:
                 sweep.folder.trial(record.folder).discard_model()
     return best_id

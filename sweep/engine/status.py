@@ -5,16 +5,22 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-from sweep.results import RUNNING, SweepFolder, TrialRecord
+from sweep.results import RUNNING, SweepFolder, SweepRecord, TrialRecord, ranked_trials
 
 ENDED = ("complete", "diverged", "pruned", "failed")
 
 
-def _best(trials: list[TrialRecord], maximize: bool) -> TrialRecord | None:
-    """The complete trial with the best objective."""
-    scored = [t for t in trials if t.state == "complete" and t.metrics.objective is not None]
-    sign = 1 if maximize else -1
-    return max(scored, key=lambda t: sign * t.metrics.objective, default=None)
+def best_line(trials: list[TrialRecord], meta: SweepRecord) -> str:
+    """The best trial as the sweep ranks it (picked on the selection part) with its held-out value, or ""."""
+    ranked = ranked_trials(trials, meta.metric, meta.maximize)
+    if not ranked:
+        return ""
+    best = ranked[0]
+    held_out, picked = best.part_value(meta.metric, "test"), best.part_value(meta.metric, "selection")
+    if held_out is None or picked is None:
+        return f"; best {best.trial_id} {meta.metric}={best.metrics.objective:.4f}"
+    name = f"; best {best.trial_id} {meta.metric}"
+    return f"{name}={held_out:.4f} held out (picked on selection part: {picked:.4f})"
 
 
 def summarize(sweep_dir: Path) -> str:
@@ -25,11 +31,9 @@ def summarize(sweep_dir: Path) -> str:
     counts: dict[str, int] = {}
     for trial in trials:
         counts[trial.state] = counts.get(trial.state, 0) + 1
-    best = _best(trials, meta.maximize)
     text = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no trials"
-    best_text = f"; best {best.trial_id} {meta.metric}={best.metrics.objective:.4f}" if best else ""
     planned = meta.planned_total if meta.planned_total is not None else len(trials)
-    return f"{text} of {planned} planned{best_text}"
+    return f"{text} of {planned} planned{best_line(trials, meta)}"
 
 
 def failed_trials(sweep_dir: Path) -> list[str]:

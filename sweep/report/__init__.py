@@ -24,6 +24,7 @@ from sweep.report.load import load_sweeps, load_trials, read_trials, sft_length,
 from sweep.report.robustness import (
     BUDGETS,
     Objective,
+    best_trial_line,
     expected_best_of_k,
     grid_warnings,
     group_columns,
@@ -44,7 +45,9 @@ __all__ = [
 ]
 
 
-def _print_table(robustness: pd.DataFrame, objective: Objective, console, warnings: list[str]) -> None:
+def _print_table(
+    robustness: pd.DataFrame, objective: Objective, console, warnings: list[str], best: str
+) -> None:
     from rich import box
     from rich.console import Console
     from rich.table import Table
@@ -71,6 +74,8 @@ def _print_table(robustness: pd.DataFrame, objective: Objective, console, warnin
         stats = ["–" if pd.isna(row[c]) else f"{row[c]:.3g}" for c in numbers]
         table.add_row(*(str(row[c]) for c in labels), done, counts, *stats)
     console.print(table)
+    if best:
+        console.print(best)
     for warning in warnings:
         console.print(f"warning: {warning}")
 
@@ -97,9 +102,10 @@ def build_report(
     )
     figures = draw_figures(data, report_dir / "figures")
     importance_figures, importance = write_importance(data, report_dir)
+    best = best_trial_line(trials, objective)
     page = render_html(
-        sweeps, trials, objective, robustness, figures + importance_figures, warnings, importance
+        sweeps, trials, objective, robustness, figures + importance_figures, warnings, importance, best
     )
     write_text(report_dir / "index.html", page)
-    _print_table(robustness, objective, console, warnings)
+    _print_table(robustness, objective, console, warnings, best)
     return report_dir

@@ -172,6 +172,7 @@ def render_html(
     figures: list[FigureFile],
     warnings: list[str] = (),
     importance: str = "",
+    best: str = "",
 ) -> str:
     """The whole report page as one string."""
     names = ", ".join(s.name for s in sweeps)
@@ -189,6 +190,7 @@ Generated {utc_now()}. Tables: <a href="robustness.csv">robustness.csv</a>,
 <h2>Progress</h2>
 {_progress_section([sweep_progress(s, trials) for s in sweeps])}
 <h2>Robustness per method</h2>
+{f"<p><strong>{escape(best.capitalize())}</strong>.</p>" if best else ""}
 {_failure_note(objective)}
 <div class="scroll">{table}</div>
 {_trial_lists(trials, list(warnings))}

@@ -236,11 +236,11 @@ def _group_row(group: pd.DataFrame, scored: pd.Series, objective: Objective, ove
         row[name] = complete[column].mean() if column in complete.columns else np.nan
     truncated = complete["truncated_fraction"] if "truncated_fraction" in complete.columns else pd.Series()
     row[f"n_truncated_over_{TRUNCATION_FLAG}"] = int((truncated > TRUNCATION_FLAG).sum())
-    picked = _selection_values(complete).dropna()
-    if picked.empty:
+    best = best_row(group, objective)
+    if best is None:
         row["best_trial"] = row["best_params"] = None
     else:
-        top = group.loc[picked.idxmax() if objective.maximize else picked.idxmin()]
+        top = group.loc[best]
         row["best_trial"] = top["trial_id"]
         params = [c for c in param_columns(group) if group[c].notna().any()]
         row["best_params"] = _best_params(top, params)
@@ -248,19 +248,42 @@ def _group_row(group: pd.DataFrame, scored: pd.Series, objective: Objective, ove
     return row
 
 
-def _selection_values(trials: pd.DataFrame) -> pd.Series:
-    """The value that picks the best trial: the selection part's, else (older sweeps) all prompts'."""
-    return trials[SELECTED].fillna(trials["objective"]) if SELECTED in trials else trials["objective"]
+def best_row(trials: pd.DataFrame, objective: Objective):
+    """The index of the best complete trial, as the sweep ranks it (`sweep.spec.metrics.ranked`: picked on
+    the selection part, all prompts for a trial recorded without it, ties to the smaller id), or None."""
+    complete = trials[trials["state"] == "complete"]
+    picking = complete["objective"]
+    if SELECTED in complete:
+        picking = complete[SELECTED].fillna(picking)
+    keys = list(zip(complete["trial_id"].astype(str), complete.index))
+    order = metrics.ranked(zip(keys, picking.tolist()), objective.maximize)
+    return order[0][1] if order else None
+
+
+def best_trial_line(trials: pd.DataFrame, objective: Objective) -> str:
+    """One sentence naming the report's best trial (the sweep's ranking) and its held-out value, or ""."""
+    index = best_row(trials, objective)
+    if index is None:
+        return ""
+    top = trials.loc[index]
+    where = f" of {top['sweep']}" if trials["sweep"].nunique() > 1 else ""
+    text = f"best trial: {top['trial_id']}{where} ({top['method']})"
+    if pd.notna(top.get(HELD_OUT)) and pd.notna(top.get(SELECTED)):
+        return (
+            f"{text}, {objective.metric} {top[HELD_OUT]:.4f} on the held-out part "
+            f"(picked on the selection part: {top[SELECTED]:.4f})"
+        )
+    return f"{text}, {objective.metric} {top['objective']:.4f}"
 
 
 def held_out_best_of_k(
     selection: Sequence[float], test: Sequence[float], ks: Sequence[int], maximize: bool = True
 ) -> np.ndarray:
     """Expected test-part value of the trial the selection part picks among k drawn at random without
-    replacement: Σ_i test_(i) · C(i−1, k−1) / C(N, k), trials sorted by their selection value."""
-    sign = 1.0 if maximize else -1.0
-    order = np.argsort(sign * np.asarray(selection, dtype=float), kind="stable")
-    held = np.asarray(test, dtype=float)[order]
+    replacement: Σ_i test_(i) · C(i−1, k−1) / C(N, k), trials in the sweep's ranking (`metrics.ranked`) by
+    their selection value, worst first."""
+    best_first = metrics.ranked(enumerate(np.asarray(selection, dtype=float).tolist()), maximize)
+    held = np.asarray(test, dtype=float)[best_first[::-1]]
     ks = np.asarray(ks, dtype=int)
     out = np.full(len(ks), np.nan)
     inside = (ks >= 1) & (ks <= len(held))
@@ -276,11 +299,11 @@ def _held_out(group: pd.DataFrame, objective: Objective) -> dict:
     if SELECTED not in group:
         return dict.fromkeys(names, np.nan)
     both = group[(group["state"] == "complete") & group[SELECTED].notna() & group[HELD_OUT].notna()]
-    if both.empty:
+    top = best_row(group, objective)
+    if both.empty or top is None:
         return dict.fromkeys(names, np.nan)
-    top = both[SELECTED].idxmax() if objective.maximize else both[SELECTED].idxmin()
     budget = held_out_best_of_k(both[SELECTED], both[HELD_OUT], BUDGETS, objective.maximize)
-    return dict(zip(names, [both.loc[top, "objective"], both.loc[top, HELD_OUT], *budget]))
+    return dict(zip(names, [group.loc[top, "objective"], group.loc[top, HELD_OUT], *budget]))
 
 
 def grid_spans(group: pd.DataFrame) -> dict:

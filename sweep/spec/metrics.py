@@ -7,8 +7,12 @@ labels and histogram bins, and the value a failed trial counts as. Keys may carr
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
+
+Id = TypeVar("Id")
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,16 @@ def selection_value(metrics: dict, key: str, default: float | None) -> float | N
     picks the best trial), else `default` (a sweep or trial without the split)."""
     value = (metrics.get("selection") or {}).get(key)
     return default if value is None else float(value)
+
+
+def ranked(candidates: Iterable[tuple[Id, float | None]], maximize: bool) -> list[Id]:
+    """Trial ids, best first, by the value that picks trials (each trial's `selection_value`): the one
+    ranking of posweep (the kept trial, `status`, the report, `export --best`). Ties go to the smaller trial
+    id (a report over several sweeps passes (trial id, row) pairs); a missing or non-finite value is not
+    ranked."""
+    sign = -1.0 if maximize else 1.0
+    finite = [(trial_id, float(v)) for trial_id, v in candidates if v is not None and math.isfinite(v)]
+    return [trial_id for trial_id, _ in sorted(finite, key=lambda pair: (sign * pair[1], pair[0]))]
 
 
 def metric(key: str) -> Metric | None:

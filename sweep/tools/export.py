@@ -13,7 +13,6 @@ and the card says so. The folder is written atomically: it appears complete or n
 from __future__ import annotations
 
 import json
-import math
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import yaml
 
 from sweep.errors import UserError
 from sweep.io import atomic_dir, package_versions, utc_now, write_text
-from sweep.results import SweepFolder, SweepRecord, TrialRecord
+from sweep.results import SweepFolder, SweepRecord, TrialRecord, ranked_trials
 from sweep.spec.plan import TrialSpec, format_value
 from sweep.spec.recipe import Locate, Recipe, as_given
 
@@ -39,19 +38,6 @@ class Exported:
     rank: int
     complete: int
     retrained: bool
-
-
-def ranked_trials(folder: SweepFolder, meta: SweepRecord) -> list[TrialRecord]:
-    """The sweep's complete trials with a finite objective, best first (ties by trial id)."""
-    complete = [
-        record
-        for record in folder.trials()
-        if record.state == "complete"
-        and record.metrics.objective is not None
-        and math.isfinite(record.metrics.objective)
-    ]
-    sign = -1.0 if meta.maximize else 1.0
-    return sorted(complete, key=lambda record: (sign * record.metrics.objective, record.trial_id))
 
 
 def _choose(ranked: list[TrialRecord], folder: SweepFolder, trial_id: str | None) -> TrialRecord:
@@ -232,7 +218,7 @@ def export_trial(
     if out.exists():
         raise UserError(f"{out} already exists; export writes a new folder")
     meta = folder.read_sweep()
-    ranked = ranked_trials(folder, meta)
+    ranked = ranked_trials(folder.trials(), meta.metric, meta.maximize)
     record = _choose(ranked, folder, trial_id)
     given = _recipe(folder)
     recipe = given.located(locate)
