@@ -7,6 +7,7 @@
   them (its collator, its fused LM head, its autocast, KTO's `compute_ref_log_probs`);
 - `use_precomputed_reference`: hand those values to a built trainer as TRL's precomputed reference columns;
 - `restore_forward`: undo the `forward` patches TRL and accelerate leave on a trained model;
+- `restore_lora_dropout`: give the LoRA layers back the dropout TRL's `disable_dropout` zeroed;
 - `gathered_policy`: a trained policy's full weights when FSDP or DeepSpeed ZeRO-3 sharded them over ranks;
 - `dataset_fingerprint`: the `datasets` fingerprint of a dataset (memo key of content hashes).
 
@@ -232,6 +233,22 @@ def restore_forward(model) -> None:
     for module in {model, model.get_base_model() if hasattr(model, "get_base_model") else model}:
         vars(module).pop("forward", None)
         vars(module).pop("_original_forward", None)
+
+
+def restore_lora_dropout(model, p: float) -> int:
+    """Set the dropout of every LoRA layer of a built trainer's peft `model` back to `p`; return how many.
+
+    TRL's preference trainers (`disable_dropout=True`) set every `nn.Dropout` of the policy to 0, LoRA's
+    `lora_dropout` modules included, so `model.lora.dropout` would do nothing; the base model's own dropout
+    stays off. peft makes `lora_dropout[adapter]` an `nn.Dropout` when the dropout is above 0.
+    """
+    count = 0
+    for module in model.modules():
+        for dropout in getattr(module, "lora_dropout", {}).values():
+            if isinstance(dropout, torch.nn.Dropout):
+                dropout.p = p
+                count += 1
+    return count
 
 
 def gathered_policy(trainer, like):

@@ -3,7 +3,8 @@
 A fixed-reference LoRA trial needs no reference copy: TRL computes the reference with the adapters
 disabled (or posweep feeds it the shared reference cache, computed with the same base weights). TRL does
 not sync a moving (TR-*) reference with a peft policy, so posweep does it itself: every tau steps the
-reference, a full copy, takes alpha of the policy's effective weights (base plus the adapters' delta).
+reference, a full float32 copy, takes alpha of the policy's float32 effective weights (base plus the
+adapters' delta), so a small delta on a bf16 base is not rounded away.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ def lora_config(spec: LoraSpec):
 
 
 def effective_weights(peft_model) -> dict[str, torch.Tensor]:
-    """The weights a peft model computes with, named as in its base model: base plus the active adapters."""
+    """The weights a peft model computes with, in float32, named as in its base model: the base weights
+    plus the active adapters' scaled product B·A (peft keeps the adapters in float32)."""
     from peft.tuners.lora import LoraLayer
 
     base = peft_model.get_base_model()
@@ -46,12 +48,17 @@ def effective_weights(peft_model) -> dict[str, torch.Tensor]:
         if "lora_" in name:
             continue
         key = name.replace(".base_layer.", ".")
-        weights[key] = parameter + deltas[key] if key in deltas else parameter
+        weights[key] = parameter.float() + deltas[key].float() if key in deltas else parameter.float()
     return weights
 
 
 class LoraReferenceSync(TrainerCallback):
-    """TR-* for a LoRA policy: every `every` steps, reference <- alpha * policy + (1 - alpha) * reference."""
+    """TR-* for a LoRA policy: every `every` steps, reference <- alpha * policy + (1 - alpha) * reference.
+
+    The reference is float32 (`numerics.moving_reference`) and mixes the policy's float32 effective weights
+    with `lerp`, which is exact at both ends: alpha 1 copies the policy's weights, and a policy equal to the
+    reference (no adapter delta yet) leaves it bit-identical.
+    """
 
     def __init__(self, reference, alpha: float, every: int):
         self.reference, self.alpha, self.every = reference, alpha, every
@@ -62,7 +69,7 @@ class LoraReferenceSync(TrainerCallback):
         with torch.no_grad():
             weights = effective_weights(model)
             for name, target in self.reference.named_parameters():
-                target.mul_(1.0 - self.alpha).add_(weights[name].to(target.dtype), alpha=self.alpha)
+                target.lerp_(weights[name].to(target.device), self.alpha)
 
 
 def reference_sync(config, reference) -> LoraReferenceSync | None:

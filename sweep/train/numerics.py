@@ -12,17 +12,24 @@ from sweep.spec.recipe import TrainSpec
 from sweep.train.config import autocast_dtype, rows_per_pair
 
 
-def trainable_copy(model, train: TrainSpec, lora: bool):
-    """A trial's trainable copy of the SFT model: fp32 master weights for full fine-tuning.
+def master_dtype(checkpoint: torch.dtype, train: TrainSpec, lora: bool) -> torch.dtype:
+    """The dtype a trial's policy holds its weights in, and so the dtype of every copy that must compute as
+    the policy does: the SFT starting point, the fixed reference (and its shared log-prob cache) and the SFT
+    side of evaluation. One numerics for all of them: an untrained policy is its reference to the bit.
 
-    AdamW on bf16/fp16 weights rounds small updates away, so full fine-tuning keeps fp32 weights and
-    computes in the autocast dtype `train.precision` asks for; `train.pure_bf16` keeps the checkpoint's
+    AdamW on bf16/fp16 weights rounds small updates away, so full fine-tuning keeps fp32 master weights
+    and computes in the autocast dtype `train.precision` asks for; `train.pure_bf16` keeps the checkpoint's
     dtype (lossy). LoRA keeps the frozen base in its dtype (peft keeps the adapters in fp32).
     """
-    policy = copy.deepcopy(model)
-    if not (lora or train.pure_bf16):
-        policy = policy.float()
-    return policy
+    return checkpoint if (lora or train.pure_bf16) else torch.float32
+
+
+def moving_reference(sft, lora: bool):
+    """A TR-* trial's reference, updated from the policy every tau steps: a copy of the SFT model in the
+    policy's dtype; in float32 for a LoRA policy (whose frozen base may be bf16), so that the update mixes
+    float32 effective weights and keeps small policy deltas (`sweep.train.lora`)."""
+    reference = copy.deepcopy(sft)
+    return reference.float() if lora else reference
 
 
 def planned_steps(train: TrainSpec, pairs: int) -> int:

@@ -1,8 +1,9 @@
 """One trial: train the registry's TRL trainer with one point of the search space, evaluate it, record it.
 
 A `Worker` lives as long as its process: it loads the tokenizer, the training pairs and the SFT weights
-once, and keeps the SFT model frozen on its device, where it serves as the starting point of every trial,
-the fixed reference model of the methods that have one, and the SFT side of evaluation.
+once, and keeps the SFT model frozen on its device in the policy's master dtype (`numerics.master_dtype`),
+where it serves as the starting point of every trial, the fixed reference model of the methods that have
+one (and of the shared reference cache), and the SFT side of evaluation: all compute as the policy does.
 
 Work that does not depend on a trial's hyperparameters is done once per sweep (`sweep.train.shared`).
 
@@ -42,7 +43,14 @@ from sweep.train.callback import TrialCallback
 from sweep.train.config import trl_config
 from sweep.train.lengths import apply_length_policy
 from sweep.train.lora import lora_config, reference_sync
-from sweep.train.numerics import divergence, planned_steps, trainable_copy, training_record, trust_region_note
+from sweep.train.numerics import (
+    divergence,
+    master_dtype,
+    moving_reference,
+    planned_steps,
+    training_record,
+    trust_region_note,
+)
 from sweep.train.outcome import (
     EVALUATION_TIMES,
     Outcome,
@@ -93,7 +101,9 @@ class Worker:
         sources = {None: train_dataset} if train_dataset is not None else recipe.data.variants
         with no_progress_bars():
             self.tokenizer = load_policy_tokenizer(recipe.model, tokenizer_path, same_repo=tokenizer is None)
-            self.sft = load_policy(recipe.model, model_path).to(device).eval().requires_grad_(False)
+            sft = load_policy(recipe.model, model_path)
+            dtype = master_dtype(sft.dtype, recipe.train, self._lora is not None)
+            self.sft = sft.to(device=device, dtype=dtype).eval().requires_grad_(False)
         self._pairs, self.length_counts = {}, {}
         for variant, source in sources.items():
             where = f"data.train.{variant}" if variant else "data.train"
@@ -205,11 +215,10 @@ class Worker:
         set_seed(spec.seed)
         clock = time.perf_counter()
         train = self.recipe.train
-        policy = trainable_copy(self.sft, train, self._lora is not None).to(self.device)
-        policy.requires_grad_(True).train()
+        policy = copy.deepcopy(self.sft).requires_grad_(True).train()
         reference = None
-        if method.reference == "moving":  # it is updated from the policy, so it keeps the policy's dtype
-            reference = copy.deepcopy(self.sft).to(dtype=next(policy.parameters()).dtype)
+        if method.reference == "moving":
+            reference = moving_reference(self.sft, self._lora is not None)
         elif method.reference == "fixed" and self._lora is None:
             reference = self.sft
         outcome.times["load"] = time.perf_counter() - clock
@@ -290,6 +299,8 @@ class Worker:
                 **extra,
             )
         trainer.remove_callback(PrinterCallback)
+        if self._lora is not None:
+            hooks.restore_lora_dropout(trainer.model, self.recipe.model.lora.dropout)
         if sync is not None:
             trainer.add_callback(sync)
         return trainer
