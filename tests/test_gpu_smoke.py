@@ -109,10 +109,10 @@ def test_length_sorted_judge_batches_keep_order_and_scores():
     model = tiny_reward_model(tokenizer, seed=3)
     sequences = [[3 + (i * 7 + j) % 20 for j in range(1 + (i * 5) % 11)] for i in range(13)]
     inputs = [JudgeInput(ids) for ids in sequences]
-    alone = [score_inputs(model, tokenizer.pad_token_id, [item], 1)[0] for item in inputs]
+    alone = [score_inputs(model, [item], 1)[0] for item in inputs]
     assert len(set(alone)) == len(alone)  # distinct scores: a permuted answer cannot pass
     for sort in (False, True):
-        batched = score_inputs(model, tokenizer.pad_token_id, inputs, 4, sort_by_length=sort)
+        batched = score_inputs(model, inputs, 4, sort_by_length=sort)
         assert batched == pytest.approx(alone, abs=1e-5)
 
 

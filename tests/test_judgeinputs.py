@@ -101,18 +101,20 @@ def test_auto_format_follows_the_tokenizer_and_the_recipe_can_force_one():
         JudgeSpec(callable="m:f", format="pair")
 
 
-def test_decoder_rewards_pool_at_the_last_attended_token(tmp_path):
-    """pad = eos and a config pad id naming a real word: every row is still read at its final eos."""
+def test_decoder_rewards_pool_as_the_model_s_config_says(tmp_path):
+    """A config pad id naming a real word ("d") while the tokenizer pads with eos: batches are padded with
+    the config's id and read where the model's own forward reads them (the last token that is not "d")."""
     tokenizer = tiny_tokenizer(WORDS)
     model = tiny_reward_model(tokenizer, seed=3, initializer_range=0.3, pad_token_id=tokenizer.vocab["d"])
     tokenizer.pad_token = tokenizer.eos_token
     path = save_dir(tmp_path / "rm", model, tokenizer)
     (judge,) = load_judges([JudgeSpec(reward_model=str(path), batch_size=3)], "cpu")
-    scores = judge.score(PROMPTS[:2], RESPONSES[:2])
+    prompts, responses = [*PROMPTS[:2], "a :"], [*RESPONSES[:2], "c d d"]
+    scores = judge.score(prompts, responses)
     with torch.no_grad():
         expected = [
             model(torch.tensor([tokenizer(p + r + "<eos>")["input_ids"]])).logits[0, 0].item()
-            for p, r in zip(PROMPTS[:2], RESPONSES[:2])
+            for p, r in zip(prompts, responses)
         ]
     assert scores == pytest.approx(expected, abs=1e-5)
 

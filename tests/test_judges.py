@@ -96,14 +96,40 @@ def test_reward_model_truncates_to_max_length(tmp_path):
     assert score == pytest.approx(unpadded_scores(model, tokenizer, ["a b : c"])[0], abs=1e-5)
 
 
-def test_reward_model_without_pad_token_pads_with_eos(tmp_path):
-    """Padding with eos no longer hides the final eos: rows are read at their last attended token."""
+def test_reward_model_without_pad_token_pads_with_eos_and_pools_as_its_forward(tmp_path):
+    """No pad token anywhere: the tokenizer pads with eos and the config gets that id (as TRL's
+    RewardTrainer sets it), so the model's own pooling skips the trailing eos; posweep reads the same."""
     path, model, tokenizer = reward_model_dir(tmp_path, pad=False)
     (judge,) = load_judges([JudgeSpec(reward_model=str(path), batch_size=3)], "cpu")
-    assert judge.pad_id == tokenizer.eos_token_id
+    assert judge.model.config.pad_token_id == tokenizer.eos_token_id
+    model.config.pad_token_id = tokenizer.eos_token_id
+    texts = [p + r + "<eos>" for p, r in zip(PROMPTS, RESPONSES)]
     assert judge.score(PROMPTS, RESPONSES) == pytest.approx(
-        unpadded_scores(model, tokenizer, [p + r + "<eos>" for p, r in zip(PROMPTS, RESPONSES)]), abs=1e-5
+        unpadded_scores(model, tokenizer, texts), abs=1e-5
     )
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_a_reward_model_whose_pad_is_eos_scores_as_its_own_forward(tmp_path, side):
+    """pad = eos (plain RewardTrainer defaults; Llama-3 chat with pad <|eot_id|>): transformers' head pools
+    at the last token that is not the pad id, so a trailing eos is never read. In batches of mixed lengths
+    padded on the tokenizer's side, posweep's scores are the model's own forward in float32, row by row and
+    on the batch as the tokenizer pads it; the last attended token (the eos) would give other scores."""
+    tokenizer = tiny_tokenizer(WORDS)
+    tokenizer.pad_token, tokenizer.padding_side = tokenizer.eos_token, side
+    model = tiny_reward_model(tokenizer, seed=3, initializer_range=0.3, pad_token_id=tokenizer.eos_token_id)
+    path = save_dir(tmp_path / "rm", model, tokenizer)
+    (judge,) = load_judges([JudgeSpec(reward_model=str(path), batch_size=3, format="raw")], "cpu")
+    scores = judge.score(PROMPTS, RESPONSES)
+    texts = [p + r + "<eos>" for p, r in zip(PROMPTS, RESPONSES)]
+    with torch.no_grad():
+        alone = unpadded_scores(model, tokenizer, texts)
+        batch = model(**tokenizer(texts, padding=True, return_tensors="pt")).logits[:, 0].tolist()
+        ids = [torch.tensor([tokenizer(text)["input_ids"]]) for text in texts]
+        at_eos = [model.score(model.model(row).last_hidden_state[0, -1]).item() for row in ids]
+    assert len({len(row[0]) for row in ids}) == 3
+    assert scores == pytest.approx(alone, abs=1e-5) and scores == pytest.approx(batch, abs=1e-5)
+    assert all(abs(score - eos) > 1e-3 for score, eos in zip(scores, at_eos)), (scores, at_eos)
 
 
 def test_reward_model_needs_a_single_logit(tmp_path):

@@ -4,9 +4,11 @@ A reward model is a one-logit sequence classifier; a callable is `module:functio
 scores`. The first judge of a recipe is the primary one.
 
 A reward model reads each pair through its own tokenizer in its input format (`sweep.hf.judgeinputs`:
-pair, chat or raw), truncated to `max_length`, right-padded in batches. Its head runs in float32 whatever
-the body's dtype. A decoder reward model (a per-token `score` head) is read at the last token of the
-attention mask, whatever its config's pad id; a cross-encoder pools as it was built (its first token).
+pair, chat or raw), truncated to `max_length`, padded in batches on its tokenizer's padding side with the
+pad id of its config (the tokenizer's pad token when the config has none, as TRL's RewardTrainer sets
+it). Its head runs in float32 whatever the body's dtype. Scores are the model's own forward, so each
+model pools as it was trained: a decoder reward model at the last token that is not its pad id (a pad
+id equal to eos skips a trailing eos, as in training), a cross-encoder at its first token.
 """
 
 from __future__ import annotations
@@ -119,10 +121,9 @@ class RewardModelJudge(Judge):
             self.tokenizer = with_pad_token(tokenizer, tokenizer_path)
         except UserError as error:
             raise UserError(f"judge {spec.name}: {error}") from None
-        self.pad_id = self.tokenizer.pad_token_id
         text_config = self.model.config.get_text_config()
-        if text_config.pad_token_id is None:
-            text_config.pad_token_id = self.pad_id
+        if text_config.pad_token_id is None:  # as TRL's RewardTrainer sets it: the tokenizer's pad token
+            text_config.pad_token_id = self.tokenizer.pad_token_id
         recorded = recorded_format(path) if Path(path).is_dir() else None
         try:
             self.format = resolve_format(spec.format, self.tokenizer, recorded)
@@ -135,7 +136,13 @@ class RewardModelJudge(Judge):
             judge_input(self.tokenizer, self.format, prompt, response, self.spec.max_length)
             for prompt, response in zip(prompts, responses, strict=True)
         ]
-        return score_inputs(self.model, self.pad_id, inputs, self.spec.batch_size, self.spec.sort_by_length)
+        return score_inputs(
+            self.model,
+            inputs,
+            self.spec.batch_size,
+            self.spec.sort_by_length,
+            self.tokenizer.padding_side,
+        )
 
 
 def load_judges(specs: Sequence[JudgeSpec], device=None) -> list[Judge]:
@@ -160,32 +167,25 @@ def float32_heads(model) -> None:
             child.register_forward_pre_hook(_to_float32)
 
 
-def _token_head(model):
-    """The per-token score head of a decoder reward model, or None for a model that pools itself."""
-    head = getattr(model, "score", None)
-    return head if isinstance(head, torch.nn.Linear) else None
-
-
 def rewards(model, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
-    """One float32 reward per right-padded row: a decoder's head at its last attended token, else the
-    model's own pooled logit."""
-    head = _token_head(model)
-    if head is None:
-        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
-        return model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits[:, 0].float()
-    body = getattr(model, model.base_model_prefix)
-    hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    last = attention_mask.sum(-1) - 1
-    pooled = hidden[torch.arange(len(hidden), device=hidden.device), last]
-    return head(pooled.float())[:, 0].float()
+    """One float32 reward per padded row: the model's own forward, so it pools as it was trained (a decoder's
+    head at the last token that is not `config.pad_token_id`, a cross-encoder at its first token)."""
+    extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+    return model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits[:, 0].float()
 
 
 @torch.no_grad()
 def score_inputs(
-    model, pad_token_id: int, inputs: list[JudgeInput], batch_size: int = 32, sort_by_length: bool = False
+    model,
+    inputs: list[JudgeInput],
+    batch_size: int = 32,
+    sort_by_length: bool = False,
+    padding_side: str = "right",
 ) -> list[float]:
-    """Reward of each judge input, in right-padded batches as in training (longest batches first when
-    `sort_by_length`; the scores come back in the given order)."""
+    """Reward of each judge input, in batches padded on `padding_side` with the pad id of the model's config
+    (the id its pooling skips; it must be set), longest batches first when `sort_by_length` (the scores come
+    back in the given order)."""
+    pad_token_id = model.config.get_text_config().pad_token_id
     model.eval()
     device = next(model.parameters()).device
     order = list(range(len(inputs)))
@@ -200,10 +200,12 @@ def score_inputs(
         attention_mask = torch.zeros_like(input_ids)
         types = torch.zeros_like(input_ids) if batch[0].token_type_ids is not None else None
         for row, item in enumerate(batch):
-            input_ids[row, : len(item.input_ids)] = torch.tensor(item.input_ids)
-            attention_mask[row, : len(item.input_ids)] = 1
+            length = len(item.input_ids)
+            place = slice(width - length, width) if padding_side == "left" else slice(0, length)
+            input_ids[row, place] = torch.tensor(item.input_ids)
+            attention_mask[row, place] = 1
             if types is not None:
-                types[row, : len(item.input_ids)] = torch.tensor(item.token_type_ids)
+                types[row, place] = torch.tensor(item.token_type_ids)
         found = rewards(
             model,
             input_ids.to(device),

@@ -13,7 +13,8 @@ Pairs have columns `prompt`, `chosen`, `rejected`, as plain strings or as conver
 {role, content} messages. Every (prompt, response) is built by `sweep.hf.judgeinputs.judge_input` in the
 format `--format` picks (auto: the tokenizer's chat template, else a text pair for a cross-encoder, else
 prompt + response + eos), for training, held-out scoring and, through the recorded format, every later
-use as a judge.
+use as a judge. Batches are padded with the tokenizer's pad token, which the saved config names, so the
+model pools where TRL trains it to and where its own forward reads it: the last token that is not the pad.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def score(model, tokenizer, prompts: list, responses: list, batch_size: int = 32
     """Reward of each (prompt, response) under a reward model and its tokenizer."""
     fmt = resolve_format(fmt, tokenizer)
     inputs = [judge_input(tokenizer, fmt, p, r, NO_LIMIT) for p, r in zip(prompts, responses, strict=True)]
-    return score_inputs(model, tokenizer.pad_token_id, inputs, batch_size)
+    return score_inputs(model, inputs, batch_size)
 
 
 class PairCollator:
@@ -76,13 +77,6 @@ class PairCollator:
                 token_types[row, : len(ids)] = torch.tensor(types[row])
         batch = {"input_ids": input_ids, "attention_mask": attention_mask}
         return {**batch, "token_type_ids": token_types} if typed else batch
-
-
-def _filler_id(encoded, vocabulary: int) -> int:
-    """A padding id no training sequence ends with, so that the model's own pooling (the last token that is
-    not its pad id) reads each row at its last attended token, as judges do, even when pad is eos."""
-    ends = {ids[-1] for side in ("chosen_ids", "rejected_ids") for ids in encoded[side] if ids}
-    return next(index for index in range(vocabulary) if index not in ends)
 
 
 def _encoded(pairs, tokenizer, fmt: str):
@@ -182,28 +176,23 @@ def train_reward_model(
         )
         log(f"training a reward model from {base_model} on {len(split['train'])} pairs ({fmt} inputs)")
         encoded = _encoded(split["train"], processing_class, fmt)
-        filler = _filler_id(encoded, len(processing_class))
         trainer = RewardTrainer(
             model=base_model,
             args=args,
             train_dataset=encoded,
             processing_class=processing_class,
-            data_collator=PairCollator(filler),
+            data_collator=PairCollator(processing_class.pad_token_id),
         )
-        trainer.model.config.get_text_config().pad_token_id = filler
         n_train = len(trainer.train_dataset)
         if n_train == 0:
             raise UserError(f"every training pair is longer than max_length={max_length} tokens")
         train_loss = quiet_trainer(trainer, "reward model", log).train().training_loss
         trained = time.perf_counter()
         model = trainer.model
-        scores = score_inputs(
-            model, processing_class.pad_token_id, [item for pair in heldout_kept for item in pair]
-        )
+        scores = score_inputs(model, [item for pair in heldout_kept for item in pair])
         margins = [chosen - rejected for chosen, rejected in zip(scores[::2], scores[1::2], strict=True)]
         evaluated = time.perf_counter()
         shutil.rmtree(args.output_dir, ignore_errors=True)
-        model.config.pad_token_id = processing_class.pad_token_id
         model.save_pretrained(build)
         processing_class.save_pretrained(build)
         summary = {
