@@ -41,7 +41,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, set_seed
 
     from sweep.evaluate.evaluator import Evaluator
-    from sweep.hf.data import load_pairs
+    from sweep.hf.data import is_conversational, load_pairs
     from sweep.hf.loading import load_object
     from sweep.io import write_json
     from sweep.spec.methods import get_method
@@ -65,7 +65,10 @@ def main() -> None:
         tokenizer.pad_token = tokenizer.eos_token
     sft = AutoModelForCausalLM.from_pretrained(recipe.model.path).to(device).eval().requires_grad_(False)
     pairs = load_pairs(recipe.data.train)
-    evaluator = Evaluator(recipe, sft, tokenizer, options.out, device, log=lambda line: None)
+    conversational = is_conversational(pairs[0])
+    evaluator = Evaluator(
+        recipe, sft, tokenizer, options.out, device, lambda line: None, train_conversational=conversational
+    )
     setup_s = time.perf_counter() - STARTED
 
     clock = time.perf_counter()

@@ -14,7 +14,7 @@ from sweep.errors import UserError
 from sweep.evaluate import estimators as stats
 from sweep.evaluate.evaluator import Evaluator
 from sweep.evaluate.generation import Decoding, generate, sequence_logps, stop_ids, teacher_forced_kl
-from sweep.hf.formats import encode_prompt
+from sweep.hf.formats import encode_prompt, one_format, templated
 from sweep.io import read_jsonl
 from sweep.spec.metrics import selection_value
 from sweep.spec.recipe import Recipe
@@ -183,6 +183,31 @@ def test_prompts_are_tokenized_as_trl_tokenizes_them():
         encode_prompt(tiny_tokenizer(WORDS), conversation)
 
 
+def test_plain_eval_prompts_of_a_policy_trained_on_conversations_are_templated(sweep_env, tmp_path):
+    """Evaluation renders prompts as training did: a plain prompt of a conversational sweep is one user
+    message through the chat template (TRL's own tokenization of that message is the oracle); a plain
+    sweep's stays plain; conversational prompts for a plain-text policy are refused."""
+    from trl.data_utils import _tokenize
+
+    chat = tiny_tokenizer(WORDS, CHAT_TEMPLATE)
+    recipe, quiet = make_recipe(sweep_env), (lambda line: None)
+    for conversational in (True, False):
+        ev = Evaluator(
+            recipe, causal_lm(chat, 0), chat, tmp_path / str(conversational), "cpu", quiet,
+            train_conversational=conversational,
+        )  # fmt: skip
+        for row, ids in zip(EVAL_ROWS, ev.prompt_ids, strict=True):
+            message = [{"role": "user", "content": row["prompt"]}]
+            shown = message if conversational else row["prompt"]
+            assert ids == _tokenize(chat, shown, add_generation_prompt=conversational)["input_ids"]
+    assert chat.decode(ev.prompt_ids[0]) == "a b :"
+    assert templated(True, True) and not templated(False, False)
+    with pytest.raises(UserError, match=r"data\.eval: the evaluation prompts are conversations"):
+        templated(False, True)
+    with pytest.raises(UserError, match=r"data\.train: variants half are conversations .* and train plain"):
+        one_format({None: False, "half": True})
+
+
 def test_stop_ids_include_the_generation_configs_eos(tokenizer):
     model = causal_lm(tokenizer, 0)
     model.generation_config.eos_token_id = [tokenizer.eos_token_id, 4]
@@ -231,8 +256,9 @@ def sweep_env(workspace, monkeypatch):
 
 def evaluator(root, tokenizer, sweep_dir, logs=None, **eval_settings):
     log = logs.append if logs is not None else (lambda line: None)
+    recipe = make_recipe(root, **eval_settings)
     return Evaluator(
-        make_recipe(root, **eval_settings), causal_lm(tokenizer, 0), tokenizer, sweep_dir, "cpu", log
+        recipe, causal_lm(tokenizer, 0), tokenizer, sweep_dir, "cpu", log, train_conversational=False
     )
 
 

@@ -105,8 +105,8 @@ def test_an_out_of_memory_simpo_trial_is_listed_not_scored_unless_asked(tmp_path
         recipe,
         sweep_dir,
         log=lambda line: None,
-        evaluator_factory=lambda model, tok: Evaluator(
-            recipe, model, tok, sweep_dir, "cpu", lambda line: None
+        evaluator_factory=lambda model, tok, chat: Evaluator(
+            recipe, model, tok, sweep_dir, "cpu", lambda line: None, train_conversational=chat
         ),
         train_dataset=test_trial.plain_pairs(),
     )

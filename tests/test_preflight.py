@@ -203,6 +203,10 @@ MISTAKES = {
     ),
     "train null field": ({"data.train.path": _rows(NULL_FIELD)}, r"data\.train: row 1: .*'chosen'.*NoneType"),
     "train mixed formats": ({"data.train.path": _rows(MIXED)}, r"data\.train: row 1: .*rows\.jsonl line 2"),
+    "conversational eval prompts for plain training pairs": (
+        {"data.train.path": _rows([{"prompt": "tell me", "chosen": " good", "rejected": " bad"}] * 4)},
+        r"data\.eval: the evaluation prompts are conversations .* training pairs are plain text",
+    ),
     "train path is a folder": (
         {"data.train.path": _folder_named_like_a_file},
         r"data\.train: cannot load dataset .*dir\.jsonl",

@@ -251,8 +251,8 @@ def test_evaluation_gives_objective_metrics_samples_and_times(model_dir, tmp_pat
     data = {"train": {"path": "train.jsonl"}, "eval": {"path": str(prompts)}}
     recipe = make_recipe(model_dir, data=data, eval={**settings, "objective": "judge_score_mean"})
 
-    def evaluator(model, tokenizer):
-        return Evaluator(recipe, model, tokenizer, tmp_path)
+    def evaluator(model, tokenizer, conversational):
+        return Evaluator(recipe, model, tokenizer, tmp_path, train_conversational=conversational)
 
     worker = Worker(recipe, tmp_path, train_dataset=plain_pairs(), evaluator_factory=evaluator)
     assert worker.direction == "maximize"

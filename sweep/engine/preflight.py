@@ -208,6 +208,7 @@ def _models_data_judges(
     from transformers import AutoConfig
 
     from sweep.hf.data import is_conversational, load_eval_prompts, load_pair_rows
+    from sweep.hf.formats import one_format, templated
     from sweep.hf.loading import load_policy_tokenizer
 
     model = recipe.model
@@ -226,7 +227,11 @@ def _models_data_judges(
     with blame("data.eval"):
         prompts = load_eval_prompts(recipe.data.eval)
     chat = [f"data.train{'.' + v if v else ''}" for v, rows in pairs.items() if is_conversational(rows[0])]
-    chat += ["data.eval"] if not isinstance(prompts[0].prompt, str) else []
+    eval_chat = not isinstance(prompts[0].prompt, str)
+    chat += ["data.eval"] if eval_chat else []
+    train_chat = one_format({v: is_conversational(rows[0]) for v, rows in pairs.items()})
+    if templated(train_chat, eval_chat) and not eval_chat:
+        say("data.eval: plain prompts go through the chat template as one user message, as in training")
     if chat and not getattr(tokenizer, "chat_template", None):
         raise UserError(
             f"{model_field}: the tokenizer of {model.tokenizer or model.path!r} has no chat template, "
@@ -267,7 +272,15 @@ def _trainers_and_judges(
             rendered.append(f"{spec.method} ({trainer.rsplit(':', 1)[-1]}: {tokens})")
         say(f"TRL tokenized the training data for {'; '.join(rendered)}")
         try:
-            evaluator = Evaluator(recipe, worker.sft, worker.tokenizer, staging, device, lambda line: None)
+            evaluator = Evaluator(
+                recipe,
+                worker.sft,
+                worker.tokenizer,
+                staging,
+                device,
+                lambda line: None,
+                train_conversational=worker.conversational,
+            )
         except Exception as error:  # a judge's own exception is the judge's fault; the rest is eval's
             raise _judge_blamed(recipe, error) or _as_field("eval", error) from None
         baseline = folder.read_baseline()

@@ -6,10 +6,12 @@ SFT model, and response lengths.
 One `Evaluator` per worker process loads the prompts and judges once and holds the SFT baseline: the SFT
 model's responses to the prompts (same decoding), their judge scores, the reference responses' scores,
 and the SFT's own metrics, computed once per sweep into `cache/sft_baseline.json` (keyed by a hash of the
-model, prompts, decoding settings and judges; a file lock makes concurrent workers compute it once).
+model and the dtype it computes in, prompts, decoding settings and judges; a file lock makes concurrent
+workers compute it once).
 
 Decoding. Prompts are tokenized as TRL tokenizes them for training (plain text by the tokenizer with its
-own special tokens; message lists through the chat template with the generation prompt), left-padded in
+own special tokens; message lists through the chat template with the generation prompt; a plain prompt as
+one user message through the template when the policy trained on conversations), left-padded in
 batches of `eval.batch_size`, and decoded greedily or sampled with the recipe's temperature and top_p only:
 the model's own generation_config (top_k, repetition penalty, ...) is ignored, so every model is decoded
 the same way. Sampling is seeded (seed 0, the same for the SFT baseline and every policy). A response
@@ -52,7 +54,7 @@ from sweep.errors import UserError
 from sweep.evaluate import estimators
 from sweep.evaluate.estimators import EVAL_SEED, judge_metrics, response_metrics
 from sweep.evaluate.generation import Decoding, Response, generate, stop_ids, teacher_forced_kl
-from sweep.hf.formats import encode_prompt
+from sweep.hf.formats import encode_prompt, templated
 from sweep.hf.judges import Judge, load_judges
 from sweep.io import file_lock, json_digest, package_versions, utc_now
 from sweep.results import SftBaseline, SweepFolder, TrialFolder
@@ -81,6 +83,8 @@ class Evaluator:
         sweep_dir: str | Path,
         device=None,
         log: Callable[[str], None] = print,
+        *,
+        train_conversational: bool,
     ):
         from sweep.hf.data import load_eval_prompts
 
@@ -88,7 +92,8 @@ class Evaluator:
         self.sft_model, self.tokenizer, self.log = sft_model, tokenizer, log
         self.sweep_dir = Path(sweep_dir)
         self.items = load_eval_prompts(recipe.data.eval)
-        self.prompt_ids = [encode_prompt(tokenizer, item.prompt) for item in self.items]
+        self.templated = templated(train_conversational, not isinstance(self.items[0].prompt, str))
+        self.prompt_ids = [encode_prompt(tokenizer, item.prompt, self.templated) for item in self.items]
         self.has_references = self._check_references()
         self.eos_ids = stop_ids(sft_model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
@@ -177,8 +182,10 @@ class Evaluator:
             "format": BASELINE_FORMAT,
             "seed": EVAL_SEED,
             "model": self.recipe.model.model_dump(mode="json", exclude={"lora"}),
+            "dtype": str(next(self.sft_model.parameters()).dtype),
             "eval_data": self.recipe.data.eval.model_dump(mode="json"),
             "prompts": [[item.prompt, item.reference] for item in self.items],
+            "prompt_ids": self.prompt_ids,
             "eval": {name: getattr(self.settings, name) for name in BASELINE_FIELDS},
             "judges": [judge.model_dump(mode="json") for judge in self.recipe.judges],
             "versions": package_versions("torch", "transformers"),
@@ -384,7 +391,9 @@ def evaluator_factory(
 ) -> Callable[..., Evaluator]:
     """What a trial worker calls with its SFT model and tokenizer to get the sweep's evaluator."""
 
-    def build(sft_model, tokenizer) -> Evaluator:
-        return Evaluator(recipe, sft_model, tokenizer, sweep_dir, device, log)
+    def build(sft_model, tokenizer, train_conversational: bool) -> Evaluator:
+        return Evaluator(
+            recipe, sft_model, tokenizer, sweep_dir, device, log, train_conversational=train_conversational
+        )
 
     return build

@@ -8,8 +8,38 @@ from sweep.errors import UserError
 from sweep.hf.data import is_conversational
 
 
-def encode_prompt(tokenizer, prompt: str | list[dict]) -> list[int]:
-    """Prompt token ids as TRL tokenizes prompts for training."""
+def one_format(variants: dict[str | None, bool]) -> bool:
+    """Whether the training prompts are conversations (each data variant's `is_conversational`); a
+    UserError when variants differ, since evaluation renders its prompts one way for every trial."""
+    chat = sorted(name or "train" for name, conversational in variants.items() if conversational)
+    plain = sorted(name or "train" for name, conversational in variants.items() if not conversational)
+    if chat and plain:
+        raise UserError(
+            f"data.train: variants {', '.join(chat)} are conversations (message lists) and "
+            f"{', '.join(plain)} plain text; evaluation renders prompts one way, so give every variant "
+            "one format"
+        )
+    return bool(chat)
+
+
+def templated(train_conversational: bool, eval_conversational: bool) -> bool:
+    """Whether evaluation prompts go through the chat template: exactly when the training prompts did (a
+    plain evaluation prompt is then one user message). Conversational evaluation prompts for a policy
+    trained on plain text are a UserError: it would be judged in a format it never trained on."""
+    if eval_conversational and not train_conversational:
+        raise UserError(
+            "data.eval: the evaluation prompts are conversations (message lists) but the training pairs are "
+            "plain text, so the policy would be evaluated through a chat template it never trained with; "
+            "give both in one format"
+        )
+    return train_conversational
+
+
+def encode_prompt(tokenizer, prompt: str | list[dict], templated: bool = False) -> list[int]:
+    """Prompt token ids as TRL tokenizes prompts for training; `templated` renders a plain prompt as one
+    user message through the chat template, as training rendered its conversational prompts."""
+    if templated and isinstance(prompt, str):
+        prompt = [{"role": "user", "content": prompt}]
     if isinstance(prompt, str):
         ids = tokenizer(text=prompt)["input_ids"]
     elif not tokenizer.chat_template:

@@ -30,6 +30,7 @@ import torch
 from transformers import PrinterCallback, TrainerCallback, set_seed
 
 from sweep.hf.data import is_conversational, load_pairs
+from sweep.hf.formats import one_format
 from sweep.hf.loading import cuda_memory, load_object, load_policy, load_policy_tokenizer, reset_cuda_peak
 from sweep.hf.quiet import no_progress_bars
 from sweep.io import utc_now
@@ -80,7 +81,7 @@ class Worker:
         sweep_dir: str | Path,
         device: str = "cpu",
         log: Callable[[str], None] = print,
-        evaluator_factory: Callable[[Any, Any], Any] | None = None,
+        evaluator_factory: Callable[[Any, Any, bool], Any] | None = None,
         train_dataset: datasets.Dataset | None = None,
         reference_cache: bool = True,
         results: SweepFolder | None = None,
@@ -113,6 +114,9 @@ class Worker:
             )
             self.length_counts[variant or ""] = counts.to_json()
         self.results.record_training_data(self.length_counts)
+        self.conversational = one_format(
+            {v: is_conversational(p[0]) for v, p in self._pairs.items() if len(p)}
+        )
         self.shared = SharedTraining(self.results.cache, self.tokenizer)
         self.reference_cache = reference_cache
         self._reference_identity = {
@@ -139,7 +143,7 @@ class Worker:
         """The evaluator (created on first use), or None when the objective is the training loss."""
         if self._evaluator is None and self._evaluator_factory is not None:
             started = time.perf_counter()
-            self._evaluator = self._evaluator_factory(self.sft, self.tokenizer)
+            self._evaluator = self._evaluator_factory(self.sft, self.tokenizer, self.conversational)
             self.setup_s += time.perf_counter() - started
         return self._evaluator
 
