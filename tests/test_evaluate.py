@@ -398,3 +398,27 @@ def test_selection_and_test_parts_split_the_prompts_and_recompute_every_metric(
         assert metrics[part]["kl_to_sft"] == pytest.approx(np.mean(exact))
     assert selection_value(metrics, "win_rate_vs_sft", None) == metrics["selection"]["win_rate_vs_sft"]
     assert selection_value({}, "win_rate_vs_sft", 0.25) == 0.25
+
+
+@pytest.mark.parametrize("objective", ["judge_score_mean", "kl_to_sft"])
+def test_the_quick_evaluation_that_drives_pruning_sees_the_selection_part_only(
+    sweep_env, tokenizer, tmp_path, objective
+):
+    """Every prompt the quick evaluation generates from is in the selection part (the first prompts are
+    not), and with quick_prompts covering that part a greedy objective is the full evaluation's
+    selection-part value: no test-part prompt enters a pruning decision."""
+    ev = evaluator(sweep_env, tokenizer, tmp_path / "sweep", objective=objective, selection_fraction=0.4)
+    picked = np.flatnonzero(ev.selection)
+    assert 0 < len(picked) < len(EVAL_ROWS) and picked.tolist() != list(range(len(picked)))
+    ev.settings = ev.settings.model_copy(update={"quick_prompts": len(picked)})
+    generated, generate = [], ev._generate
+    ev._generate = lambda model, prompts, *args: (
+        generated.append(list(prompts)) or generate(model, prompts, *args)
+    )
+    policy = causal_lm(tokenizer, 1)
+    quick = ev.quick(policy)
+    assert generated and all(prompts == picked.tolist() for prompts in generated), generated
+    full = ev.evaluate(policy, tmp_path / "trial")
+    assert full["selection"][objective] != pytest.approx(full["test"][objective], abs=1e-6)
+    if objective == "judge_score_mean":
+        assert quick == pytest.approx(full["selection"][objective], abs=1e-9)

@@ -5,9 +5,8 @@ SFT model, and response lengths.
 
 One `Evaluator` per worker process loads the prompts and judges once and holds the SFT baseline: the SFT
 model's responses to the prompts (same decoding), their judge scores, the reference responses' scores,
-and the SFT's own metrics, computed once per sweep into `cache/sft_baseline.json` (keyed by a hash of the
-model and the dtype it computes in, prompts, decoding settings and judges; a file lock makes concurrent
-workers compute it once).
+and the SFT's own metrics, computed once per sweep into `cache/sft_baseline.json` (`sweep.evaluate.baseline`
+keys and caches it).
 
 Decoding. Prompts are tokenized as TRL tokenizes them for training (plain text by the tokenizer with its
 own special tokens; message lists through the chat template with the generation prompt; a plain prompt as
@@ -44,7 +43,7 @@ first line).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from time import perf_counter
 
@@ -52,24 +51,14 @@ import numpy as np
 
 from sweep.errors import UserError
 from sweep.evaluate import estimators
+from sweep.evaluate.baseline import baseline_key, cached_baseline
 from sweep.evaluate.estimators import EVAL_SEED, judge_metrics, response_metrics
 from sweep.evaluate.generation import Decoding, Response, generate, stop_ids, teacher_forced_kl
 from sweep.hf.formats import encode_prompt, templated
 from sweep.hf.judges import Judge, load_judges
-from sweep.io import file_lock, json_digest, package_versions, utc_now
+from sweep.io import utc_now
 from sweep.results import SftBaseline, SweepFolder, TrialFolder
 from sweep.spec.recipe import Recipe
-
-BASELINE_FORMAT = 2
-BASELINE_FIELDS = (
-    "max_new_tokens",
-    "do_sample",
-    "temperature",
-    "top_p",
-    "samples_per_prompt",
-    "batch_size",
-    "bootstrap",
-)
 
 
 class Evaluator:
@@ -111,7 +100,7 @@ class Evaluator:
         self.reference_scores = {name: np.asarray(s)[:, None] for name, s in references.items()}
         for name, scores in self.baseline["scores"].items():
             self.known_scores[name] = dict(
-                zip(zip(self._rows(len(self.items)), self.baseline["responses"]), scores)
+                zip(zip(self._rows(range(len(self.items))), self.baseline["responses"]), scores)
             )
 
     def _check_references(self) -> bool:
@@ -122,15 +111,17 @@ class Evaluator:
             )
         return missing == 0
 
-    def _rows(self, count: int, per_prompt: int | None = None) -> list[int]:
-        """The prompt index of each response, prompt-major."""
+    def _rows(self, prompts: Sequence[int], per_prompt: int | None = None) -> list[int]:
+        """The prompt index of each response to `prompts`, prompt-major."""
         per_prompt = per_prompt or self.settings.samples_per_prompt
-        return [index for index in range(count) for _ in range(per_prompt)]
+        return [int(index) for index in prompts for _ in range(per_prompt)]
 
-    def _generate(self, model, count: int, samples: int, decoding: Decoding, seed: int) -> list[Response]:
+    def _generate(
+        self, model, prompts: Sequence[int], samples: int, decoding: Decoding, seed: int
+    ) -> list[Response]:
         return generate(
             model,
-            self.prompt_ids[:count],
+            [self.prompt_ids[index] for index in prompts],
             samples,
             decoding,
             self.settings.batch_size,
@@ -177,41 +168,19 @@ class Evaluator:
 
     # ----------------------------------------------------------------------------------- SFT baseline
 
-    def _baseline_key(self) -> str:
-        payload = {
-            "format": BASELINE_FORMAT,
-            "seed": EVAL_SEED,
-            "model": self.recipe.model.model_dump(mode="json", exclude={"lora"}),
-            "dtype": str(next(self.sft_model.parameters()).dtype),
-            "eval_data": self.recipe.data.eval.model_dump(mode="json"),
-            "prompts": [[item.prompt, item.reference] for item in self.items],
-            "prompt_ids": self.prompt_ids,
-            "eval": {name: getattr(self.settings, name) for name in BASELINE_FIELDS},
-            "judges": [judge.model_dump(mode="json") for judge in self.recipe.judges],
-            "versions": package_versions("torch", "transformers"),
-        }
-        return json_digest(payload)
-
     def _baseline(self) -> dict:
         """The cached SFT baseline when its key matches, else computed and cached (one worker at a time)."""
-        folder = SweepFolder(self.sweep_dir)
-        key = self._baseline_key()
-        with file_lock(folder.baseline_json.with_name(folder.baseline_json.name + ".lock")):
-            cached = folder.read_baseline()
-            if cached is not None and cached.key == key:
-                self.log(f"SFT baseline: reused {folder.baseline_json.relative_to(self.sweep_dir)}")
-                return cached.to_json()
-            baseline = self._compute_baseline(key)
-            folder.write_baseline(baseline)
-        self.log(f"SFT baseline: generated {len(baseline.responses)} responses ({baseline.time_s:.1f} s)")
-        return baseline.to_json()
+        key = baseline_key(
+            self.recipe, self.items, self.prompt_ids, str(next(self.sft_model.parameters()).dtype)
+        )
+        return cached_baseline(SweepFolder(self.sweep_dir), key, self._compute_baseline, self.log).to_json()
 
     def _compute_baseline(self, key: str) -> SftBaseline:
         start = perf_counter()
         count, samples = len(self.items), self.settings.samples_per_prompt
-        responses = self._generate(self.sft_model, count, samples, self.decoding, EVAL_SEED)
+        responses = self._generate(self.sft_model, range(count), samples, self.decoding, EVAL_SEED)
         texts = [self._text(response) for response in responses]
-        rows = self._rows(count)
+        rows = self._rows(range(count))
         scores = {judge.name: self._scores(judge, rows, texts) for judge in self.judges}
         references = None
         if self.has_references:
@@ -245,31 +214,32 @@ class Evaluator:
 
     def evaluate(self, policy, trial_dir: str | Path) -> dict:
         """Full evaluation: write trial_dir/samples.jsonl and return the flat metrics dict."""
-        metrics, records = self._run(policy, len(self.items), with_kl=True)
+        metrics, records = self._run(policy, np.arange(len(self.items)), with_kl=True)
         metrics["judge_formats"] = {judge.name: judge.format for judge in self.judges}
         TrialFolder(Path(trial_dir)).write_samples(records)
         return metrics
 
     def quick(self, policy) -> float:
-        """The objective on the first `eval.quick_prompts` prompts (no files written)."""
-        count = min(self.settings.quick_prompts, len(self.items))
+        """The objective on the first `eval.quick_prompts` prompts of the selection part (what a pruner
+        sees: the held-out part stays unseen by every decision); no files written."""
+        prompts = np.flatnonzero(self.selection)[: self.settings.quick_prompts]
         needs_kl = self.settings.objective.rsplit(".", 1)[-1].startswith("kl_")
-        return self.objective(self._run(policy, count, with_kl=needs_kl)[0])
+        return self.objective(self._run(policy, prompts, with_kl=needs_kl)[0])
 
     def objective(self, metrics: dict) -> float:
         """The value of `eval.objective` over all prompts in a metrics dict (NaN when it is missing)."""
         value = metrics.get(self.settings.objective)
         return math.nan if value is None else float(value)
 
-    def _kl(self, policy, count: int, responses: list[Response]) -> tuple[list[int], list[dict]]:
+    def _kl(self, policy, prompts: np.ndarray, responses: list[Response]) -> tuple[list[int], list[dict]]:
         """Each KL sample's prompt index and record."""
         if self.decoding.samples_model:
-            rows = self._rows(count)
+            rows = self._rows(prompts)
         else:
             per_prompt = self.settings.kl_samples
             free = Decoding(self.settings.max_new_tokens, do_sample=True)
-            responses = self._generate(policy, count, per_prompt, free, EVAL_SEED + 1)
-            rows = self._rows(count, per_prompt)
+            responses = self._generate(policy, prompts, per_prompt, free, EVAL_SEED + 1)
+            rows = self._rows(prompts, per_prompt)
         prompts = [self.prompt_ids[index] for index in rows]
         passes = teacher_forced_kl(
             policy, self.sft_model, prompts, responses, self.settings.batch_size, self.pad_id
@@ -286,13 +256,14 @@ class Evaluator:
         ]
         return rows, samples
 
-    def _metrics(self, prompts: np.ndarray, outputs: dict) -> dict:
-        """Every metric over the given prompt indices (rows of the (prompts, samples) arrays)."""
+    def _metrics(self, chosen: np.ndarray, outputs: dict) -> dict:
+        """Every metric over the chosen rows of the evaluated (prompts, samples) arrays."""
         per_prompt = self.settings.samples_per_prompt
-        lines = (prompts[:, None] * per_prompt + np.arange(per_prompt)).ravel()
-        lengths = outputs["lengths"][prompts]
+        lines = (chosen[:, None] * per_prompt + np.arange(per_prompt)).ravel()
+        prompts = outputs["prompts"][chosen]
+        lengths = outputs["lengths"][chosen]
         metrics = self._judged(
-            {name: values[prompts] for name, values in outputs["scores"].items()},
+            {name: values[chosen] for name, values in outputs["scores"].items()},
             {name: values[prompts] for name, values in self.sft_scores.items()},
             lengths,
             self.sft_lengths[prompts],
@@ -317,20 +288,21 @@ class Evaluator:
         metrics.update(response_metrics(lengths.ravel(), texts, self.settings.max_new_tokens, stopped))
         return metrics
 
-    def _run(self, policy, count: int, with_kl: bool) -> tuple[dict, list[dict]]:
-        """Metrics (over all prompts, and over the selection and test parts) and samples.jsonl records of
-        `policy` on the first `count` prompts."""
-        samples = self.settings.samples_per_prompt
-        rows = self._rows(count)
+    def _run(self, policy, prompts: np.ndarray, with_kl: bool) -> tuple[dict, list[dict]]:
+        """Metrics (over the given prompts, and over their selection and test parts) and samples.jsonl
+        records of `policy` on `prompts` (indices into the evaluation prompts)."""
+        samples, count = self.settings.samples_per_prompt, len(prompts)
+        rows = self._rows(prompts)
         times = {}
         start = perf_counter()
-        responses = self._generate(policy, count, samples, self.decoding, EVAL_SEED)
+        responses = self._generate(policy, prompts, samples, self.decoding, EVAL_SEED)
         texts = [self._text(response) for response in responses]
         times["generate"] = perf_counter() - start
         start = perf_counter()
         scores = {judge.name: self._scores(judge, rows, texts) for judge in self.judges}
         times["judge"] = perf_counter() - start
         outputs = {
+            "prompts": prompts,
             "scores": {name: values.reshape(count, samples) for name, values in scores.items()},
             "lengths": np.asarray([r.length for r in responses], dtype=float).reshape(count, samples),
             "texts": texts,
@@ -340,12 +312,13 @@ class Evaluator:
         kl_lines: list[list[dict]] = [[] for _ in rows]
         if with_kl:
             start = perf_counter()
-            outputs["kl"] = kl_rows, kl_samples = self._kl(policy, count, responses)
+            outputs["kl"] = kl_rows, kl_samples = self._kl(policy, prompts, responses)
+            first_line = {int(index): position * samples for position, index in enumerate(prompts)}
             for position, (index, sample) in enumerate(zip(kl_rows, kl_samples, strict=True)):
-                kl_lines[position if self.decoding.samples_model else index * samples].append(sample)
+                kl_lines[position if self.decoding.samples_model else first_line[index]].append(sample)
             times["kl"] = perf_counter() - start
         metrics = self._metrics(np.arange(count), outputs)
-        selection = self.selection[:count] if self.selection[:count].any() else np.ones(count, dtype=bool)
+        selection = self.selection[prompts] if self.selection[prompts].any() else np.ones(count, dtype=bool)
         for part, chosen in (("selection", selection), ("test", ~selection)):
             if chosen.any():
                 found = self._metrics(np.flatnonzero(chosen), outputs)
@@ -364,20 +337,22 @@ class Evaluator:
         records = []
         samples = self.settings.samples_per_prompt
         for line, (index, response, text) in enumerate(zip(rows, responses, texts, strict=True)):
-            record = {"prompt_index": index, "sample": line % samples, "prompt": self.items[index].prompt}
+            sample = line % samples
+            sft_line = index * samples + sample  # the SFT baseline holds every prompt's responses
+            record = {"prompt_index": index, "sample": sample, "prompt": self.items[index].prompt}
             if self.has_references:
                 record["reference"] = self.items[index].reference
             record["response"] = text
-            record["sft_response"] = self.baseline["responses"][line]
+            record["sft_response"] = self.baseline["responses"][sft_line]
             for judge in self.judges:
                 prefix = "" if judge.primary else f"{judge.name}."
                 record[prefix + "score"] = float(scores[judge.name][line])
-                record[prefix + "sft_score"] = float(self.sft_scores[judge.name].flat[line])
+                record[prefix + "sft_score"] = float(self.sft_scores[judge.name].flat[sft_line])
                 if self.has_references:
                     record[prefix + "reference_score"] = float(self.reference_scores[judge.name][index, 0])
             record.update(
                 length=response.length,
-                sft_length=int(self.sft_lengths.flat[line]),
+                sft_length=int(self.sft_lengths.flat[sft_line]),
                 words=len(text.split()),
                 truncated=not response.ended,
                 kl=kl_lines[line],
