@@ -43,9 +43,25 @@ def test_recipes_folder_is_not_empty():
     assert len(RECIPES) >= 3
 
 
+TOTALS = {  # counted by hand from each recipe's grid (methods x values x seeds x data variants)
+    "hitchhiker-ood.yaml": 5 * 3
+    + 5 * 3
+    + 4 * 3 * 3,  # dpo beta x lr, ln-dpo beta x lr, simpo beta x g/b x lr
+    "smoke.yaml": 13,  # one point of each registry method
+    "tiny.yaml": 3 * 3 + 3 * 3 + 2 * 2 * 3,  # dpo, ln-dpo: beta x lr; simpo: beta x gamma/beta x lr
+    "tr-dpo.yaml": 1 + 2 * 2 + 2 + 1,  # dpo; tr-dpo alpha x tau; tr-ipo tau; tr-kto
+    "variants.yaml": (2 * 2 + 2 * 2) * 2,  # dpo and ln-dpo beta x lr, on two data variants
+}
+
+
+def test_every_shipped_recipe_has_a_hand_counted_total():
+    assert sorted(path.name for path in RECIPES) == sorted(TOTALS)
+
+
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda path: path.name)
 def test_shipped_recipe_validates_and_plans(recipe):
     planned = plan_recipe(load_recipe(recipe))
+    assert planned.total == len(planned.trials) == TOTALS[recipe.name]
     validated = invoke("validate", recipe)
     assert validated.exit_code == 0, validated.output
     assert validated.stdout == f"{recipe}: ok ({planned.total} trials, {planned.strategy})\n"

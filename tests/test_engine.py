@@ -106,6 +106,31 @@ def trial_files(sweep: Path) -> dict[str, dict]:
     return out
 
 
+def claims(sweep: Path) -> dict[str, int]:
+    """trial id -> how many Optuna trials (claims) the sweep's study holds for it."""
+    import optuna
+
+    from sweep.engine.queue import ATTR
+    from sweep.engine.storage import open_storage
+
+    study = optuna.load_study(study_name=sweep.name, storage=open_storage(None, sweep))
+    counts: dict[str, int] = {}
+    for trial in study.get_trials(deepcopy=False):
+        trial_id = trial.user_attrs.get(ATTR, {}).get("trial_id")
+        counts[trial_id] = counts.get(trial_id, 0) + 1
+    return counts
+
+
+def file_times(sweep: Path, trial_ids) -> dict[str, int]:
+    """Path -> modification time (ns) of every file in the given trials' folders."""
+    return {
+        str(path): path.stat().st_mtime_ns
+        for trial_id in trial_ids
+        for path in sorted((sweep / "trials" / trial_id).rglob("*"))
+        if path.is_file()
+    }
+
+
 GRID = {
     "dpo": {"beta": [0.1], "learning_rate": [1e-3]},
     "ln-dpo": {"beta": [1.0], "learning_rate": [1e-3]},
@@ -238,13 +263,15 @@ def test_a_changed_plan_is_refused_unless_new(inputs, tmp_path):
     assert list(trial_files(tmp_path / "changed-2")) == ["dpo-b0.2-lr0.001-s0"]
 
 
-def _wait_for_running_trial(sweep: Path, process: subprocess.Popen, timeout: float = 120) -> None:
-    """Block until the first trial is mid-flight (params.json written, no metrics.json anywhere yet)."""
+def _wait_for_running_trial(
+    sweep: Path, process: subprocess.Popen, timeout: float = 120, done: int = 0
+) -> None:
+    """Block until trial `done + 1` is mid-flight: `done` trials have metrics.json, one more has started."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         started = list(sweep.glob("trials/*/params.json"))
         finished = list(sweep.glob("trials/*/metrics.json"))
-        if started and not finished:  # the first trial is mid-flight: the rest of the sweep is still ahead
+        if len(finished) == done and len(started) > done:  # the rest of the sweep is still ahead
             return
         assert process.poll() is None, "posweep run ended before a trial started"
         time.sleep(0.05)
@@ -290,7 +317,8 @@ def _exit_code(process: subprocess.Popen, timeout: float) -> int:
 
 
 def test_interrupted_sweep_completes_on_rerun_exactly_once(inputs, tmp_path):
-    """Ctrl-C mid-sweep, then a rerun (kill -9 at random moments: test_distributed's kill test)."""
+    """Ctrl-C mid-sweep once one trial is complete, then a rerun: the complete trial is not claimed again
+    nor its files touched (kill -9 at random moments: test_distributed's kill test)."""
     methods = {
         "dpo": {"beta": [0.1, 0.2, 0.3], "learning_rate": [1e-3]},
         "ipo": GRID["ipo"],
@@ -301,19 +329,23 @@ def test_interrupted_sweep_completes_on_rerun_exactly_once(inputs, tmp_path):
     recipe = write_recipe(inputs, "killed", methods, train={"max_steps": 50, "max_length": 48})
     sweep = tmp_path / "killed"
     process = start_run(recipe, tmp_path)
-    _wait_for_running_trial(sweep, process)
+    _wait_for_running_trial(sweep, process, done=1)
     process.send_signal(signal.SIGINT)
     code = _exit_code(process, 120)
     before = trial_files(sweep)
     assert code == 130, process.stdout.read().decode()
     assert "interrupted" in {m["state"] for m in before.values() if m}
     done_before = {t: m for t, m in before.items() if m and m["state"] == "complete"}
+    claimed_before, files_before = claims(sweep), file_times(sweep, done_before)
+    assert done_before and all(claimed_before[t] == 1 for t in done_before)
     result = run("run", recipe, "--results", tmp_path, "--quiet")
     assert result.exit_code == 0, result.output
     after = trial_files(sweep)
     assert sorted(after) == sorted(t.trial_id for t in plan_recipe(load_recipe(recipe)).trials)
     assert all(m["state"] == "complete" for m in after.values())
-    assert all(after[t] == m for t, m in done_before.items()), "a complete trial was retrained"
+    claimed = claims(sweep)
+    assert all(claimed[t] == 1 for t in done_before), ("a complete trial was claimed again", claimed)
+    assert file_times(sweep, done_before) == files_before, "a complete trial's files were rewritten"
     assert max(m["attempt"] for m in after.values()) == 2
 
 

@@ -16,7 +16,7 @@ from sweep.evaluate.evaluator import Evaluator
 from sweep.evaluate.generation import Decoding, generate, sequence_logps, stop_ids, teacher_forced_kl
 from sweep.hf.formats import encode_prompt, one_format, templated
 from sweep.io import read_jsonl
-from sweep.spec.metrics import selection_value
+from sweep.spec.metrics import objective_keys, selection_value
 from sweep.spec.recipe import Recipe
 
 WORDS = ["a", "b", "c", "d", ":", "user", "assistant"]
@@ -422,3 +422,35 @@ def test_the_quick_evaluation_that_drives_pruning_sees_the_selection_part_only(
     assert full["selection"][objective] != pytest.approx(full["test"][objective], abs=1e-6)
     if objective == "judge_score_mean":
         assert quick == pytest.approx(full["selection"][objective], abs=1e-9)
+
+
+def test_every_objective_the_validator_accepts_is_in_a_real_metrics_json(sweep_env, tokenizer, tmp_path):
+    """Each candidate objective (every catalog metric, bare and with the secondary judge's prefix) that a
+    recipe file may name is a finite number in the metrics of a real evaluation, over all prompts and over
+    the selection part that the study optimizes; those a recipe may not name are refused."""
+    import yaml
+
+    from sweep.spec.metrics import CATALOG
+    from sweep.spec.validate import RecipeError, load_recipe
+
+    metrics = evaluator(sweep_env, tokenizer, tmp_path / "sweep").evaluate(
+        causal_lm(tokenizer, 1), tmp_path / "t"
+    )
+    data = make_recipe(sweep_env).model_dump(mode="json", exclude_defaults=True)
+    data["data"]["train"]["path"] = str(sweep_env / "eval.jsonl")  # a file that exists; never read here
+    accepted, refused = [], []
+    for key in [*CATALOG, *(f"len.{name}" for name in CATALOG)]:
+        path = tmp_path / "recipe.yaml"
+        path.write_text(yaml.safe_dump({**data, "eval": {**data.get("eval", {}), "objective": key}}))
+        try:
+            load_recipe(path)
+        except RecipeError as error:
+            assert "eval.objective" in str(error), error
+            refused.append(key)
+            continue
+        accepted.append(key)
+        for values in (metrics, metrics["selection"]):
+            assert isinstance(values[key], float) and math.isfinite(values[key]), key
+    assert "len.win_rate_vs_sft" in accepted and "kl_to_sft" in accepted
+    assert {"len.kl_to_sft", "len.length_mean", "len.truncated_fraction"} <= set(refused)
+    assert sorted(accepted) == sorted(objective_keys(["len"], references=True))

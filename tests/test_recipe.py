@@ -334,14 +334,14 @@ def test_judge_mapping_or_list(base_recipe, recipe_file):
                         {"reward_model": "builtin:toy-rm"},
                         {"callable": "sweep.builtin.toy:gold_reward"},
                     ],
-                    "eval": {"objective": "gold_reward.length_mean"},
+                    "eval": {"objective": "gold_reward.win_rate_vs_sft"},
                 },
             ),
             "list.yaml",
         )
     )
     assert [j.name for j in listed.judges] == ["rm", "gold_reward"]
-    assert listed.eval.direction == "minimize"
+    assert listed.eval.direction == "maximize"
 
 
 def test_relative_local_paths_resolve_against_recipe_folder(base_recipe, recipe_file, tmp_path, monkeypatch):
@@ -404,18 +404,17 @@ def test_random_ranges_are_parsed(base_recipe, recipe_file):
 
 
 def test_objective_on_a_secondary_judge(base_recipe, recipe_file):
+    judges = [{"reward_model": "builtin:toy-rm"}, {"name": "gold", "callable": "m:f"}]
     recipe = load_recipe(
         recipe_file(
-            _patched(
-                base_recipe,
-                {
-                    "judge": [{"reward_model": "builtin:toy-rm"}, {"name": "gold", "callable": "m:f"}],
-                    "eval": {"objective": "gold.kl_to_sft"},
-                },
-            )
+            _patched(base_recipe, {"judge": judges, "eval": {"objective": "gold.lc_win_rate_vs_sft"}})
         )
     )
-    assert recipe.eval.direction == "minimize"
+    assert recipe.eval.direction == "maximize"
+    for objective in ("gold.kl_to_sft", "gold.length_mean"):  # no judge computes these: nothing to optimize
+        path = recipe_file(_patched(base_recipe, {"judge": judges, "eval": {"objective": objective}}))
+        with pytest.raises(RecipeError, match=r"eval\.objective: .* does not depend on a judge"):
+            load_recipe(path)
 
 
 def test_exponent_floats_are_numbers(recipe_file):

@@ -115,7 +115,7 @@ def test_length_controlled_win_rate_edge_cases():
 
 def test_length_stats_match_the_statistics_module():
     lengths = [0, 3, 7, 12, 12, 5, 0, 9, 12, 4, 1]
-    found = stats.length_stats(lengths, max_new_tokens=12)
+    found = stats.length_stats(lengths, ended=[length < 12 for length in lengths])
     assert found["length_mean"] == pytest.approx(statistics.mean(lengths))
     assert found["length_median"] == statistics.median(lengths)
     assert found["length_p90"] == pytest.approx(statistics.quantiles(lengths, n=10, method="inclusive")[-1])

@@ -81,7 +81,8 @@ def test_truncated_fraction_matches_a_reference_loop_stopping_at_eot():
     responses = generate(
         model, prompts, samples, Decoding(MAX_NEW, do_sample=True), 300, 0, stop_ids(model, tokenizer), seed=0
     )
-    found = estimators.length_stats([r.length for r in responses], MAX_NEW)["truncated_fraction"]
+    found = estimators.length_stats([r.length for r in responses], [r.ended for r in responses])
+    found = found["truncated_fraction"]
     expected, lengths = reference_truncated_fraction(
         model, prompts, {eot, tokenizer.eos_token_id}, samples, 1
     )

@@ -15,7 +15,7 @@ from sweep.io import file_lock, json_digest, package_versions
 from sweep.results import SftBaseline, SweepFolder
 from sweep.spec.recipe import Recipe
 
-BASELINE_FORMAT = 2
+BASELINE_FORMAT = 3
 BASELINE_FIELDS = (
     "max_new_tokens",
     "do_sample",

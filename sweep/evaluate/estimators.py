@@ -60,12 +60,12 @@ def repeated_ngram_fraction(tokens: Sequence, n: int = REPEAT_N) -> float:
 
 
 def response_metrics(
-    lengths: Sequence[int], texts: Sequence[str], max_new_tokens: int, tokens: Sequence[Sequence[int]] = ()
+    lengths: Sequence[int], texts: Sequence[str], ended: Sequence[bool], tokens: Sequence[Sequence[int]] = ()
 ) -> dict:
     """Length statistics (tokens), the mean number of whitespace-separated words, and (given the responses'
     token ids up to their stop) the mean share of repeated 3-grams."""
     words = [len(text.split()) for text in texts]
-    metrics = {**length_stats(lengths, max_new_tokens), "words_mean": float(np.mean(words))}
+    metrics = {**length_stats(lengths, ended), "words_mean": float(np.mean(words))}
     if tokens:
         metrics["repeated_3gram_fraction"] = float(np.mean([repeated_ngram_fraction(t) for t in tokens]))
     return metrics
@@ -177,9 +177,9 @@ def length_controlled_win_rate(outcomes: Sequence[float], length_diff: Sequence[
     return float(1.0 / (1.0 + math.exp(-intercept)))
 
 
-def length_stats(lengths: Sequence[int], max_new_tokens: int) -> dict[str, float]:
-    """Mean, median, 90th percentile (linear interpolation) of response lengths in tokens (EOS not counted),
-    and the fractions of empty responses (0 tokens) and of truncated ones (max_new_tokens without an EOS)."""
+def length_stats(lengths: Sequence[int], ended: Sequence[bool]) -> dict[str, float]:
+    """Mean, median, 90th percentile (linear interpolation) of response lengths in tokens, and the fractions
+    of empty responses (0 tokens) and of truncated ones (no stop token before max_new_tokens: not `ended`)."""
     values = np.asarray(lengths, dtype=float)
     if values.size == 0:
         return dict.fromkeys(
@@ -190,7 +190,7 @@ def length_stats(lengths: Sequence[int], max_new_tokens: int) -> dict[str, float
         "length_median": float(np.median(values)),
         "length_p90": float(np.percentile(values, 90)),
         "empty_fraction": float(np.mean(values == 0)),
-        "truncated_fraction": float(np.mean(values >= max_new_tokens)),
+        "truncated_fraction": float(np.mean(~np.asarray(ended, dtype=bool))),
     }
 
 

@@ -14,7 +14,8 @@ one user message through the template when the policy trained on conversations),
 batches of `eval.batch_size`, and decoded greedily or sampled with the recipe's temperature and top_p only:
 the model's own generation_config (top_k, repetition penalty, ...) is ignored, so every model is decoded
 the same way. Sampling is seeded (seed 0, the same for the SFT baseline and every policy). A response
-ends at an EOS token or after `max_new_tokens`; its length counts response tokens without the EOS.
+ends at a stop token or after `max_new_tokens` (then it is truncated); its text and its length are its
+tokens before the stop without special tokens (the text a judge and a reader see, in tokens).
 
 Selection and test parts. The prompts are split once, by a seeded hash of their index
 (`eval.selection_fraction` of them, at least one, form the selection part). Every metric is computed over
@@ -86,6 +87,7 @@ class Evaluator:
         self.has_references = self._check_references()
         self.eos_ids = stop_ids(sft_model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+        self.special_ids = set(tokenizer.all_special_ids)
         self.decoding = Decoding.of(self.settings)
         self.selection = estimators.selection_mask(
             len(self.items), self.settings.selection_fraction, self.settings.selection_seed
@@ -130,8 +132,13 @@ class Evaluator:
             seed,
         )
 
+    def _shown(self, response: Response) -> list[int]:
+        """A response's tokens as its text shows them: up to its stop token, special tokens left out (what
+        `decode(..., skip_special_tokens=True)` drops). Its length is the response's length."""
+        return [token for token in response.ids[: response.length] if token not in self.special_ids]
+
     def _text(self, response: Response) -> str:
-        return self.tokenizer.decode(list(response.ids[: response.length]), skip_special_tokens=True)
+        return self.tokenizer.decode(self._shown(response))
 
     def _scores(self, judge: Judge, rows: list[int], texts: list[str]) -> np.ndarray:
         """Judge scores; a response already scored for its prompt (an SFT response, a repeat) is reused."""
@@ -179,7 +186,8 @@ class Evaluator:
         start = perf_counter()
         count, samples = len(self.items), self.settings.samples_per_prompt
         responses = self._generate(self.sft_model, range(count), samples, self.decoding, EVAL_SEED)
-        texts = [self._text(response) for response in responses]
+        shown = [self._shown(response) for response in responses]
+        texts = [self.tokenizer.decode(ids) for ids in shown]
         rows = self._rows(range(count))
         scores = {judge.name: self._scores(judge, rows, texts) for judge in self.judges}
         references = None
@@ -188,10 +196,10 @@ class Evaluator:
             references = {
                 judge.name: np.asarray(judge.score(prompts, answers))[:, None] for judge in self.judges
             }
-        lengths = np.asarray([response.length for response in responses], dtype=float).reshape(count, samples)
+        lengths = np.asarray([len(ids) for ids in shown], dtype=float).reshape(count, samples)
         own = {name: values.reshape(count, samples) for name, values in scores.items()}
-        stopped = [response.ids[: response.length] for response in responses]
-        metrics = response_metrics(lengths.ravel(), texts, self.settings.max_new_tokens, stopped)
+        ended = [response.ended for response in responses]
+        metrics = response_metrics(lengths.ravel(), texts, ended, shown)
         metrics.update(self._judged(own, own, lengths, lengths, references))
         return SftBaseline(
             key=key,
@@ -201,8 +209,8 @@ class Evaluator:
             n_prompts=count,
             samples_per_prompt=samples,
             responses=texts,
-            lengths=[response.length for response in responses],
-            ended=[response.ended for response in responses],
+            lengths=[len(ids) for ids in shown],
+            ended=ended,
             scores={name: values.tolist() for name, values in scores.items()},
             reference_scores={name: values.ravel().tolist() for name, values in references.items()}
             if references
@@ -284,8 +292,9 @@ class Evaluator:
                 )
             )
         texts = [outputs["texts"][line] for line in lines]
-        stopped = [outputs["stopped"][line] for line in lines]
-        metrics.update(response_metrics(lengths.ravel(), texts, self.settings.max_new_tokens, stopped))
+        shown = [outputs["shown"][line] for line in lines]
+        ended = [outputs["ended"][line] for line in lines]
+        metrics.update(response_metrics(lengths.ravel(), texts, ended, shown))
         return metrics
 
     def _run(self, policy, prompts: np.ndarray, with_kl: bool) -> tuple[dict, list[dict]]:
@@ -296,7 +305,8 @@ class Evaluator:
         times = {}
         start = perf_counter()
         responses = self._generate(policy, prompts, samples, self.decoding, EVAL_SEED)
-        texts = [self._text(response) for response in responses]
+        shown = [self._shown(response) for response in responses]
+        texts = [self.tokenizer.decode(ids) for ids in shown]
         times["generate"] = perf_counter() - start
         start = perf_counter()
         scores = {judge.name: self._scores(judge, rows, texts) for judge in self.judges}
@@ -304,9 +314,10 @@ class Evaluator:
         outputs = {
             "prompts": prompts,
             "scores": {name: values.reshape(count, samples) for name, values in scores.items()},
-            "lengths": np.asarray([r.length for r in responses], dtype=float).reshape(count, samples),
+            "lengths": np.asarray([len(ids) for ids in shown], dtype=float).reshape(count, samples),
             "texts": texts,
-            "stopped": [response.ids[: response.length] for response in responses],
+            "shown": shown,
+            "ended": [response.ended for response in responses],
             "kl": None,
         }
         kl_lines: list[list[dict]] = [[] for _ in rows]
@@ -351,7 +362,7 @@ class Evaluator:
                 if self.has_references:
                     record[prefix + "reference_score"] = float(self.reference_scores[judge.name][index, 0])
             record.update(
-                length=response.length,
+                length=len(self._shown(response)),
                 sft_length=int(self.sft_lengths.flat[sft_line]),
                 words=len(text.split()),
                 truncated=not response.ended,

@@ -8,7 +8,7 @@ labels and histogram bins, and the value a failed trial counts as. Keys may carr
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
@@ -25,6 +25,7 @@ class Metric:
     direction: Literal["maximize", "minimize"]
     low: float | None = None
     high: float | None = None
+    judged: bool = False  # computed from a judge's scores: each secondary judge reports `NAME.metric` too
 
     @property
     def maximize(self) -> bool:
@@ -51,10 +52,10 @@ class Metric:
 CATALOG: dict[str, Metric] = {
     m.name: m
     for m in (
-        Metric("win_rate_vs_sft", "win rate vs SFT", "fraction of prompts", "maximize", 0.0, 1.0),
-        Metric("lc_win_rate_vs_sft", "length-controlled win rate vs SFT", "fraction", "maximize", 0.0, 1.0),
-        Metric("win_rate_vs_chosen", "win rate vs dataset's chosen", "fraction", "maximize", 0.0, 1.0),
-        Metric("judge_score_mean", "mean judge score", "judge units", "maximize"),
+        Metric("win_rate_vs_sft", "win rate vs SFT", "fraction of prompts", "maximize", 0.0, 1.0, True),
+        Metric("lc_win_rate_vs_sft", "length-controlled win rate vs SFT", "fraction", "maximize", 0, 1, True),
+        Metric("win_rate_vs_chosen", "win rate vs dataset's chosen", "fraction", "maximize", 0.0, 1.0, True),
+        Metric("judge_score_mean", "mean judge score", "judge units", "maximize", judged=True),
         Metric("kl_to_sft", "KL to SFT", "nats per response", "minimize"),
         Metric("kl_to_sft_per_token", "KL to SFT per token", "nats/token", "minimize"),
         Metric("kl_to_sft_mc", "KL to SFT, log-ratio estimate", "nats per response", "minimize"),
@@ -72,7 +73,17 @@ CATALOG: dict[str, Metric] = {
     )
 }
 OBJECTIVES = tuple(CATALOG)
-"""The metrics a recipe may optimize (`eval.objective`, with an optional judge prefix)."""
+"""The metrics a recipe may optimize (`eval.objective`; a judged one with an optional judge prefix)."""
+NEEDS_REFERENCE = "win_rate_vs_chosen"
+
+
+def objective_keys(secondary_judges: Sequence[str], references: bool) -> list[str]:
+    """Every `eval.objective` a recipe may name, which is every such key its metrics.json holds: each
+    catalog metric (win_rate_vs_chosen only with reference responses), and each judged metric prefixed
+    by a secondary judge's name."""
+    own = [name for name in CATALOG if references or name != NEEDS_REFERENCE]
+    judged = [f"{judge}.{name}" for judge in secondary_judges for name in own if CATALOG[name].judged]
+    return own + judged
 
 
 def selection_value(metrics: dict, key: str, default: float | None) -> float | None:

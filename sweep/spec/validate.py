@@ -24,7 +24,7 @@ from pydantic import (
 from sweep.errors import UserError
 from sweep.spec.launching import launch_problems
 from sweep.spec.methods import HYPERPARAMETERS, REGISTRY, did_you_mean, method_trl_fields
-from sweep.spec.metrics import OBJECTIVES
+from sweep.spec.metrics import NEEDS_REFERENCE, OBJECTIVES, objective_keys
 from sweep.spec.recipe import DATA_SUFFIXES, SAFE_NAME, Distribution, Recipe, TrainSpec
 from sweep.spec.trlfields import POSWEEP_TRL_FIELDS
 
@@ -199,8 +199,13 @@ def _objective_problems(recipe: Recipe) -> list[tuple[str, str]]:
         problems.append(
             ("eval.objective", f"{judge!r} is not a secondary judge (have: {', '.join(names[1:]) or 'none'})")
         )
-    if metric == "win_rate_vs_chosen" and recipe.data.eval.columns.reference is None:
-        problems.append(("eval.objective", "win_rate_vs_chosen needs data.eval.columns.reference"))
+    references = recipe.data.eval.columns.reference is not None
+    if metric == NEEDS_REFERENCE and not references:
+        problems.append(("eval.objective", f"{NEEDS_REFERENCE} needs data.eval.columns.reference"))
+    elif not problems and objective not in objective_keys(names[1:], references):
+        problems.append(
+            ("eval.objective", f"{metric} does not depend on a judge: name it without the prefix {judge!r}")
+        )
     return problems
 
 
