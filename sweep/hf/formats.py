@@ -1,4 +1,4 @@
-"""Token ids as TRL builds them: evaluation prompts and preference pairs."""
+"""Token ids as TRL builds them: evaluation prompts (rendered in the training data's format) and pairs."""
 
 from __future__ import annotations
 

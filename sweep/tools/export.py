@@ -138,6 +138,11 @@ def _metric_lines(metrics: dict) -> list[str]:
     return lines
 
 
+def _held_out(record: TrialRecord, metric: str) -> str:
+    value = record.part_value(metric, "test")
+    return "" if value is None else f"; held-out (test part) value {value:.4g}"
+
+
 def model_card(
     recipe: Recipe, meta: SweepRecord, record: TrialRecord, rank: int, complete: int, retrained: bool
 ):
@@ -167,7 +172,8 @@ def model_card(
             f"Trial `{record.trial_id}` of the posweep sweep `{meta.name}` (plan {meta.plan_hash}): "
             f"{method} fine-tuning of `{recipe.model.path}` with TRL. {provenance}",
             "",
-            f"Rank **{rank} of {complete}** complete trials by {objective}; objective "
+            f"Rank **{rank} of {complete}** complete trials by {objective} on the selection part of "
+            f"the evaluation prompts{_held_out(record, meta.metric)}; over all prompts "
             f"{metrics.objective:.4g}.",
             "",
             "## Training",
