@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
-from postgres import free_port, postgres_server
+from postgres import postgres_server
+from services import free_port
 from test_engine import inputs, run, trial_files, write_recipe
 
 from sweep.spec.plan import plan_recipe
