@@ -140,12 +140,13 @@ def study_of(sweep: Path, url: str | None):
     return optuna.load_study(study_name=sweep.name, storage=open_storage(url, sweep))
 
 
-def history(sweep: Path, url: str | None) -> dict[str, list[tuple[str, dict]]]:
-    """trial id -> [(Optuna state, posweep attrs)] for each Optuna trial of the sweep, oldest first."""
+def history(sweep: Path, url: str | None, study=None) -> dict[str, list[tuple[str, dict]]]:
+    """trial id -> [(Optuna state, posweep attrs)] for each Optuna trial of the sweep, oldest first (from
+    `study`, the sweep's study held open by a caller that polls, else opened here)."""
     from sweep.engine.queue import ATTR
 
     runs: dict[str, list[tuple[str, dict]]] = {}
-    for trial in study_of(sweep, url).get_trials(deepcopy=False):
+    for trial in (study if study is not None else study_of(sweep, url)).get_trials(deepcopy=False):
         attrs = trial.user_attrs[ATTR]
         runs.setdefault(attrs["trial_id"], []).append((trial.state.name, attrs))
     return runs
