@@ -1,8 +1,10 @@
 """A throwaway one-node SLURM cluster for tests: munged, slurmctld and slurmd as root in a temporary folder.
 
 This host is the controller and the only compute node (127.0.0.1, free ports; its CPUs and memory as
-configured), partition `posweep`. Nothing needs cgroups, so it runs in containers: processes are tracked
-by proctrack/linuxproc, tasks are not bound (task/none). There is no accounting database (slurmdbd), so
+configured), partition `posweep`. The node also has two GPUs for SLURM to schedule, /dev/null and
+/dev/zero: SLURM counts them out to jobs and sets CUDA_VISIBLE_DEVICES, nothing runs on them (the jobs
+train on the CPU). Nothing needs cgroups, so it runs in containers: processes are tracked by
+proctrack/linuxproc, tasks are not bound (task/none). There is no accounting database (slurmdbd), so
 `sacct` has nothing to read: `squeue` and `scontrol show job` show the jobs, and SLURM logs every job end
 (completed, cancelled, requeued) to a jobcomp/filetxt file. KillWait is 10 s (SIGTERM to SIGKILL), and a
 requeued job may start again after 5 s (AuthInfo's `cred_expire`; SLURM's default is 120 s), picked up by a
@@ -36,6 +38,7 @@ KILL_WAIT_S = 10
 REQUEUE_DELAY_S = 5
 START_TIMEOUT_S = 60
 STOP_TIMEOUT_S = 30
+GPU_FILES = ("/dev/null", "/dev/zero")
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "srun", "squeue", "scontrol", "scancel", "sinfo")
 
@@ -104,9 +107,11 @@ class SlurmCluster:
             "MinJobAge": 600,
             "ReturnToService": 2,
             "MpiDefault": "none",
+            "GresTypes": "gpu",
         }
         node = (
-            f"NodeName={self.node} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={memory_mb} State=UNKNOWN"
+            f"NodeName={self.node} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={memory_mb} "
+            f"Gres=gpu:{len(GPU_FILES)} State=UNKNOWN"
         )
         partition = f"PartitionName={PARTITION} Nodes={self.node} Default=YES MaxTime=60 State=UP"
         return "".join(f"{key}={value}\n" for key, value in lines.items()) + f"{node}\n{partition}\n"
@@ -133,6 +138,8 @@ class SlurmCluster:
         with os.fdopen(os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400), "wb") as handle:
             handle.write(secrets.token_bytes(1024))
         self.conf.write_text(self._config())
+        gpus = "".join(f"Name=gpu File={path}\n" for path in GPU_FILES)
+        (self.root / "gres.conf").write_text("AutoDetect=off\n" + gpus)  # slurmd reads it beside slurm.conf
         munge, run, log = self.root / "munge", self.root / "run", self.root / "log"
         self._start(
             "munged",
@@ -187,8 +194,9 @@ class SlurmCluster:
         return state.returncode == 0 and state.stdout.strip() == "idle"
 
     def jobs(self, job_id: str) -> list[dict[str, str]]:
-        """`scontrol show job` of a job (each task of an array), as KEY=VALUE fields; [] once forgotten."""
-        shown = self.command("scontrol", "-o", "show", "job", job_id, check=False)
+        """`scontrol -d show job` of a job (each task of an array), as KEY=VALUE fields (GRES: the GPUs it
+        holds, as gpu:N(IDX:...)); [] once forgotten."""
+        shown = self.command("scontrol", "-d", "-o", "show", "job", job_id, check=False)
         return [fields(line) for line in shown.stdout.splitlines() if line.strip()]
 
     def queued(self) -> list[str]:

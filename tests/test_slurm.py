@@ -40,7 +40,7 @@ __all__ = ["inputs", "pg_url", "postgres", "procs"]  # fixtures shared with test
 
 RESOURCES = {"partition": PARTITION, "gpus_per_worker": 0, "cpus_per_worker": 1, "mem_gb": 1, "time_min": 7}
 LONG = {**TRAIN, "max_steps": 200}
-SHOWN = ("JobId", "ArrayJobId", "ArrayTaskId", "TimeLimit", "NumCPUs", "CPUs/Task", "MinMemoryNode", "TRES")
+SHOWN = ("ArrayTaskId", "TimeLimit", "NumCPUs", "CPUs/Task", "MinMemoryNode", "TresPerNode", "GRES")
 
 
 def submit(procs, recipe: Path, results: Path, workers: int, url: str) -> list[str]:
@@ -106,8 +106,8 @@ def running_trials(sweep: Path, study) -> dict[str, int]:
 def test_a_real_slurm_array_runs_every_trial_once_with_the_recipes_resources(
     inputs, tmp_path, slurm, postgres, pg_url, procs
 ):
-    """6 trials, 2 array tasks of 1 CPU each (both run at once on the 2-CPU node), PostgreSQL study."""
-    resources = {**RESOURCES, "additional": {"comment": "posweep-array-test"}}
+    """6 trials, 2 array tasks of 1 CPU and 1 GPU each (both run at once on the node), PostgreSQL study."""
+    resources = {**RESOURCES, "gpus_per_worker": 1, "additional": {"comment": "posweep-array-test"}}
     recipe = sweep_recipe(inputs, "array", 6, storage=f"env:{PG_VARIABLE}", slurm=resources)
     results, sweep = tmp_path / "results", tmp_path / "results" / "array"
     started = time.monotonic()
@@ -128,6 +128,8 @@ def test_a_real_slurm_array_runs_every_trial_once_with_the_recipes_resources(
         assert (job["TimeLimit"], job["NumCPUs"], job["CPUs/Task"]) == ("00:07:00", "1", "1"), job
         assert (job["MinMemoryNode"], job["Comment"]) == ("1G", "posweep-array-test"), job
         assert job["TRES"] == "cpu=1,mem=1G,node=1,billing=1", job
+        assert job["TresPerNode"] == "gres:gpu:1", job
+    assert sorted(job["GRES"] for job in shown) == ["gpu:1(IDX:0)", "gpu:1(IDX:1)"], "not one GPU each"
     wait_until_gone(slurm, tasks, 300)
     finished_s = time.monotonic() - started
     assert ends(slurm, tasks) == {task: [("COMPLETED", "0:0")] for task in tasks}
