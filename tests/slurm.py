@@ -284,3 +284,24 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
         else:
             os.environ["SLURM_CONF"] = previous
         cluster.stop()
+
+
+def main() -> int:
+    """`python tests/slurm.py` (as root): the tests' cluster, up until Ctrl-C, to try posweep's SLURM path."""
+    import pytest
+
+    try:
+        with slurm_cluster() as cluster:
+            print(f"one-node SLURM cluster up, partition {PARTITION}, {cluster.cpus} CPUs; in another shell:")
+            print(f"  export SLURM_CONF={cluster.conf}")
+            print("Ctrl-C stops it (and cancels its jobs)", flush=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                signal.pause()
+    except pytest.skip.Exception as error:
+        print(error.msg)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
