@@ -1,4 +1,4 @@
-"""Shared test setup: an offline environment, and recipes written to a temporary folder."""
+"""Shared test setup: an offline environment, recipes written to a temporary folder, a SLURM cluster."""
 
 import os
 import tempfile
@@ -40,3 +40,12 @@ def recipe_file(tmp_path):
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def slurm():
+    """A one-node SLURM cluster (tests/slurm.py), started once per session by the first test asking for it."""
+    from slurm import slurm_cluster
+
+    with slurm_cluster() as cluster:
+        yield cluster

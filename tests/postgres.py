@@ -15,24 +15,16 @@ import pwd
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
+from services import free_port, unavailable
 
 USER = "posweep"
 START_TIMEOUT_S = 60
 STOP_TIMEOUT_S = 30
-
-
-def unavailable(reason: str) -> None:
-    """Skip the test, or fail it under CI where the server must be there."""
-    if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
-        pytest.fail(f"PostgreSQL tests cannot run under CI: {reason}", pytrace=False)
-    pytest.skip(f"PostgreSQL tests skipped: {reason}")
 
 
 def find_binaries() -> Path | None:
@@ -44,13 +36,6 @@ def find_binaries() -> Path | None:
         glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=lambda p: int(Path(p).parts[-3].split(".")[0])
     )
     return Path(found[-1]).parent if found else None
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class PostgresServer:
@@ -173,24 +158,28 @@ def postgres_server() -> Iterator[PostgresServer]:
     """A started server, always stopped and removed afterwards; skips (or fails under CI) without one."""
     binaries = find_binaries()
     if binaries is None:
-        unavailable("initdb/pg_ctl not found (install PostgreSQL, e.g. apt-get install postgresql)")
+        unavailable(
+            "PostgreSQL", "initdb/pg_ctl not found (install PostgreSQL, e.g. apt-get install postgresql)"
+        )
     try:
         import psycopg2  # noqa: F401
     except ImportError:
-        unavailable("psycopg2 is not installed (pip install 'posweep[postgres]')")
+        unavailable("PostgreSQL", "psycopg2 is not installed (pip install 'posweep[postgres]')")
     if os.geteuid() == 0:
         try:
             pwd.getpwnam("postgres")
         except KeyError:
-            unavailable("running as root and there is no `postgres` system user to run the server as")
+            unavailable(
+                "PostgreSQL", "running as root and there is no `postgres` system user to run the server as"
+            )
         if shutil.which("runuser") is None:
-            unavailable("running as root and runuser (util-linux) is missing")
+            unavailable("PostgreSQL", "running as root and runuser (util-linux) is missing")
     server = PostgresServer(binaries)
     try:
         try:
             server.start()
         except (RuntimeError, subprocess.TimeoutExpired, OSError) as error:
-            unavailable(f"could not start a PostgreSQL server: {error}")
+            unavailable("PostgreSQL", f"could not start a PostgreSQL server: {error}")
         yield server
     finally:
         server.stop()

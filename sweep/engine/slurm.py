@@ -4,8 +4,9 @@ The study must live in a storage every node reaches (PostgreSQL), and the sweep 
 filesystem. A storage URL is handed to the jobs through the environment (SLURM exports it), never
 written into submitit's job files.
 
-For tests and dry runs, the environment variable POSWEEP_SUBMITIT_CLUSTER=local makes submitit start
-the workers as local processes instead of SLURM jobs (submitit's local executor).
+For a dry run without a cluster, the environment variable POSWEEP_SUBMITIT_CLUSTER=local makes submitit
+start the workers as local processes instead of SLURM jobs (submitit's local executor); no SLURM is
+involved, so it proves nothing about `sbatch` (the tests run a real one-node cluster for that).
 
 Preemption and time limits: each job is a `WorkerJob`, a submitit Checkpointable. When SLURM (or the local
 executor) sends submitit's requeue signal (SIGUSR2 by default), the running trial is recorded as
