@@ -50,6 +50,17 @@ def raise_if_stopped() -> None:
         raise type(first)(*first.args)
 
 
+def as_stop(error: BaseException) -> KeyboardInterrupt | None:
+    """The stop that `error` is or stands for, None for a real error: an error raised after a stop arrived
+    is the stop's doing (a library the stop landed in raised an error of its own instead)."""
+    if isinstance(error, KeyboardInterrupt):
+        return error
+    if _requested:
+        first = _requested[0]
+        return type(first)(*first.args)
+    return None
+
+
 def _handlers() -> dict[int, object]:
     """Ctrl-C (unless this process was started with SIGINT ignored, as nohup does) and SIGTERM."""
     signums = [signal.SIGTERM]

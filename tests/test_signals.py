@@ -95,3 +95,32 @@ def test_ctrl_c_while_trl_prepares_the_data_ends_the_trial_interrupted(inputs, t
     assert run("run", recipe, "--results", tmp_path, "--quiet").exit_code == 0
     assert {m["state"] for m in trial_files(sweep).values()} == {"complete"}
     assert len(trial_files(sweep)) == 2
+
+
+def test_a_sigterm_that_a_library_turns_into_an_error_of_its_own_ends_the_trial_interrupted(
+    inputs, tmp_path, monkeypatch
+):
+    """A stop landing in a library that raises something else instead (seen as a flaky `failed` trial
+    under `--workers 2`): the trial is recorded interrupted, not failed, the run exits 143, and a rerun
+    retrains it and completes."""
+    import transformers
+
+    methods = {"dpo": {"beta": [0.1], "learning_rate": [1e-3]}}
+    recipe = write_recipe(inputs, "converted", methods)
+    sweep = tmp_path / "converted"
+    step = transformers.Trainer.training_step
+
+    def converting(self, *args, **kwargs):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+        except KeyboardInterrupt as error:
+            raise RuntimeError("the library's own error") from error
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.Trainer, "training_step", converting)
+    result = run("run", recipe, "--results", tmp_path, "--quiet")
+    assert result.exit_code == EXIT_TERMINATED, result.output
+    assert {t: m["state"] for t, m in trial_files(sweep).items()} == {"dpo-b0.1-lr0.001-s0": "interrupted"}
+    monkeypatch.undo()
+    assert run("run", recipe, "--results", tmp_path, "--quiet").exit_code == 0
+    assert {m["state"] for m in trial_files(sweep).values()} == {"complete"}

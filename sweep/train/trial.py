@@ -9,7 +9,8 @@ Work that does not depend on a trial's hyperparameters is done once per sweep (`
 
 `Worker.run` writes `trials/<id>/params.json` first and `metrics.json` last. Failures are data: an
 exception, a NaN loss or an out-of-memory error ends that trial (state failed or diverged), never the
-worker; only KeyboardInterrupt propagates, after the trial is recorded as interrupted.
+worker; only a stop propagates, after the trial is recorded as interrupted: a KeyboardInterrupt, or any
+error raised once a stop has arrived (a library the stop landed in may raise an error of its own).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from sweep.hf.loading import cuda_memory, load_object, load_policy, load_policy_
 from sweep.hf.quiet import no_progress_bars
 from sweep.io import utc_now
 from sweep.results import SweepFolder, TrialFolder, TrialParams
-from sweep.signals import raise_if_stopped
+from sweep.signals import as_stop, raise_if_stopped
 from sweep.spec.methods import Method, get_method
 from sweep.spec.plan import TrialSpec
 from sweep.spec.recipe import Recipe
@@ -178,11 +179,14 @@ class Worker:
             ) as tracked:
                 self._train_and_evaluate(spec, method, folder, report, outcome, tracked)
                 tracked.log_final(outcome.metrics, outcome.objective, outcome.train.get("steps", 0))
-        except KeyboardInterrupt:
-            outcome.state, outcome.objective = "interrupted", None
-            self._write_metrics(spec, folder, outcome, started, clock + self.setup_s - setup, attempt)
-            raise
-        except Exception as error:  # a failed trial is a result, not a crash of the worker
+        except (KeyboardInterrupt, Exception) as error:  # a failed trial is a result, not a worker's crash
+            stop = as_stop(error)
+            if stop is not None:
+                outcome.state, outcome.objective = "interrupted", None
+                self._write_metrics(spec, folder, outcome, started, clock + self.setup_s - setup, attempt)
+                if stop is error:
+                    raise
+                raise stop from error
             outcome.state, outcome.objective = "failed", None
             outcome.error = describe(error, "oom" if is_oom(error) else "exception")
             folder.write_traceback(traceback.format_exc())
