@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sweep.engine.queue import Sweep, sampled_ids
-from sweep.engine.storage import _pruner, _sampler, mask_url, open_storage, storage_url
+from sweep.engine.storage import mask_url, open_storage, pruner, sampler, storage_url
 from sweep.errors import UserError
 from sweep.io import file_lock, git_revision, package_versions, utc_now
 from sweep.results import SweepFolder, SweepRecord
@@ -66,8 +66,8 @@ def open_sweep(
             storage=open_storage(url, folder),
             study_name=folder.name,
             direction=recipe.eval.direction,
-            sampler=_sampler(recipe),
-            pruner=_pruner(recipe),
+            sampler=sampler(recipe),
+            pruner=pruner(recipe),
             load_if_exists=True,
         )
         display = mask_url(url) if url else "journal:study.journal"
@@ -115,8 +115,8 @@ def open_sweep_folder(recipe: Recipe, folder: Path, storage: str | None) -> Swee
     study = optuna.load_study(
         study_name=folder.name,
         storage=open_storage(url, folder),
-        sampler=_sampler(recipe),
-        pruner=_pruner(recipe),
+        sampler=sampler(recipe),
+        pruner=pruner(recipe),
     )
     return Sweep(
         folder, recipe, plan_recipe(recipe), study, mask_url(url) if url else "journal:study.journal"

@@ -9,7 +9,7 @@ Optuna params with their distributions (grid values as enqueued fixed params). A
 was interrupted, or whose worker died is re-enqueued under the same posweep id (failures up to
 `execution.max_retries` times); complete ones never run again.
 
-Every use of Optuna's private API (storage, study and trial ids) is in this module.
+Optuna's private API (storage, study and trial ids, fixed params) is reached through `engine/internals.py`.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from sweep.engine.internals import fix_params, storage_engine, study_id, study_storage, trial_id
 from sweep.io import file_lock, utc_now
 from sweep.results import SweepFolder, ranked_trials
 from sweep.spec.methods import HYPERPARAMETERS
@@ -51,7 +52,7 @@ class Sweep:
     @property
     def storage(self):
         """The study's Optuna storage."""
-        return self.study._storage
+        return study_storage(self.study)
 
     @property
     def folder(self) -> SweepFolder:
@@ -106,7 +107,7 @@ def queue_lock(sweep: Sweep) -> Iterator[None]:
     when its holder dies), so no point is enqueued twice even where the shared filesystem's locks are
     node-local; other storages use the sweep folder's lock.
     """
-    engine = getattr(getattr(sweep.storage, "_backend", sweep.storage), "engine", None)
+    engine = storage_engine(sweep.storage)
     if engine is None or engine.dialect.name != "postgresql":
         with file_lock(sweep.dir / ".lock"):
             yield
@@ -148,7 +149,7 @@ def reconcile(sweep: Sweep) -> dict[str, int]:
                 state = "failed" if elsewhere else "interrupted"
                 close(sweep, trial, attrs, state, "worker_died")
                 attrs = {**attrs, "state": state, "reason": "worker_died"}
-                trial = storage.get_trial(trial._trial_id)
+                trial = storage.get_trial(trial_id(trial))
             by_slot.setdefault(_slot_key(attrs), []).append((trial, trial.user_attrs.get(ATTR, attrs)))
         for slot, base in _planned_slots(sweep).items():
             history = by_slot.get(slot, [])
@@ -207,7 +208,7 @@ def close(sweep: Sweep, trial, attrs: dict, state: str, reason: str | None, valu
 
     with contextlib.suppress(UpdateFinishedTrialError):
         sweep.storage.set_trial_user_attr(
-            trial._trial_id, ATTR, {**attrs, "state": state, "reason": reason, "finished": utc_now()}
+            trial_id(trial), ATTR, {**attrs, "state": state, "reason": reason, "finished": utc_now()}
         )
         if state == "complete" and value is not None:
             sweep.study.tell(trial.number, value, skip_if_finished=True)
@@ -219,7 +220,7 @@ def close(sweep: Sweep, trial, attrs: dict, state: str, reason: str | None, valu
 
 def start(sweep: Sweep, trial, attrs: dict) -> None:
     """Stamp a claimed trial with its worker (host, pid, heartbeat) and its resolved spec."""
-    sweep.storage.set_trial_user_attr(trial._trial_id, ATTR, attrs)
+    sweep.storage.set_trial_user_attr(trial_id(trial), ATTR, attrs)
 
 
 def others_running(sweep: Sweep) -> bool:
@@ -256,10 +257,10 @@ def claim(sweep: Sweep):
     from optuna.trial import TrialState
 
     storage = sweep.storage
-    for frozen in storage.get_all_trials(sweep.study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
+    for frozen in storage.get_all_trials(study_id(sweep.study), deepcopy=False, states=(TrialState.WAITING,)):
         try:
-            if storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
-                return optuna.Trial(sweep.study, frozen._trial_id)
+            if storage.set_trial_state_values(trial_id(frozen), state=TrialState.RUNNING):
+                return optuna.Trial(sweep.study, trial_id(frozen))
         except UpdateFinishedTrialError:
             continue
     return None
@@ -285,7 +286,7 @@ def _suggest(sweep: Sweep, trial, attrs: dict) -> tuple[str, dict[str, float]]:
     params it was enqueued with (set here too for a trial enqueued before params were recorded).
     """
     grid = sweep.plan.strategy == "grid"
-    trial._fixed_params = {**_fixed_params(sweep, attrs), **trial._fixed_params}
+    fix_params(trial, _fixed_params(sweep, attrs))
     method = trial.suggest_categorical("method", list(sweep.plan.spaces))
     if _variants_swept(sweep):
         trial.suggest_categorical("variant", list(sweep.plan.variants))
@@ -320,7 +321,7 @@ class Heartbeat:
 
     def __init__(self, sweep: Sweep, trial, attrs: dict):
         self._stop = threading.Event()
-        self._args = (sweep, trial._trial_id, attrs)
+        self._args = (sweep, trial_id(trial), attrs)
         self._thread = threading.Thread(target=self._beat, daemon=True)
 
     def _beat(self) -> None:

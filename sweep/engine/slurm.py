@@ -25,6 +25,7 @@ import signal
 import sys
 from pathlib import Path
 
+from sweep.engine.internals import submitit_requeue_signal
 from sweep.engine.launch import gpu_groups
 from sweep.engine.queue import Sweep
 from sweep.engine.workers import run_worker
@@ -44,9 +45,7 @@ class WorkerJob(Checkpointable):
     """One SLURM array task: `posweep worker` on a sweep, requeued through submitit when preempted."""
 
     def __call__(self, folder: str, storage: str | None, locate: Locate = as_given) -> int:
-        from submitit import JobEnvironment
-
-        requeue_signal = JobEnvironment._usr_sig()
+        requeue_signal = submitit_requeue_signal()
         requeue = signal.getsignal(requeue_signal)
         preempted = []
 

@@ -122,7 +122,8 @@ def check_reachable(url: str) -> None:
         raise UserError(f"storage {mask_url(url)}: {_masked(first_line(error), url)}") from None
 
 
-def _sampler(recipe: Recipe):
+def sampler(recipe: Recipe):
+    """The study's sampler: TPE or random, seeded with the recipe's first seed."""
     import optuna
 
     seed = recipe.search.seeds[0]
@@ -131,7 +132,8 @@ def _sampler(recipe: Recipe):
     return optuna.samplers.RandomSampler(seed=seed)
 
 
-def _pruner(recipe: Recipe):
+def pruner(recipe: Recipe):
+    """The study's pruner (`search.pruner`)."""
     import optuna
 
     return {
