@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from sweep.cli.common import RecipeArg, ResultsArg, user_errors
+from sweep.cli.common import RecipeArg, ResultsArg, SetOpt, SmokeOpt, user_errors
 from sweep.cli.tools import dashboard, data_app, export, rm_app
 
 app = typer.Typer(
@@ -29,6 +29,8 @@ def validate(
         bool, typer.Option("--deep", help="also run the preflight: model, data, judges (writes nothing)")
     ] = False,
     results: Annotated[Path | None, typer.Option(help="results root to check (with --deep)")] = None,
+    sets: SetOpt = None,
+    smoke: SmokeOpt = False,
 ) -> None:
     """Check recipes: exit 0 when all are valid, 2 when any is not (every problem is listed)."""
     from sweep.spec.plan import plan_recipe
@@ -37,7 +39,7 @@ def validate(
     failed = False
     for file in files:
         try:
-            loaded = load_recipe(file)
+            loaded = load_recipe(file, sets or [], smoke)
             plan = plan_recipe(loaded)
         except RecipeError as error:
             typer.echo(str(error), err=True)
@@ -63,7 +65,7 @@ def validate(
 
 @app.command()
 @user_errors
-def plan(recipe: RecipeArg) -> None:
+def plan(recipe: RecipeArg, sets: SetOpt = None, smoke: SmokeOpt = False) -> None:
     """Print the trials a recipe expands to (id, method, hyperparameters, seed) and the total."""
     from rich.console import Console
     from rich.table import Table
@@ -72,7 +74,7 @@ def plan(recipe: RecipeArg) -> None:
     from sweep.spec.recipe import Distribution
     from sweep.spec.validate import load_recipe
 
-    planned = plan_recipe(load_recipe(recipe))
+    planned = plan_recipe(load_recipe(recipe, sets or [], smoke))
     console = Console(width=max(Console().width, 100))
     if planned.strategy == "grid":
         table = Table("trial id", "method", "hyperparameters", "seed", box=None, pad_edge=False)
@@ -128,6 +130,8 @@ def run(
     new: Annotated[bool, typer.Option("--new", help="start a new sweep folder if the plan changed")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar; a line per trial")] = False,
     launcher: Annotated[str, typer.Option(help="local: run here; slurm: submit a worker array")] = "local",
+    sets: SetOpt = None,
+    smoke: SmokeOpt = False,
 ) -> None:
     """Run (or resume) a sweep: train and evaluate every trial, writing results/<name>/.
 
@@ -147,7 +151,7 @@ def run(
     from sweep.errors import UserError
     from sweep.spec.validate import load_recipe
 
-    loaded = load_recipe(recipe)
+    loaded = load_recipe(recipe, sets or [], smoke)
     if launcher == "local":
         code = run_sweep(
             loaded,

@@ -9,6 +9,23 @@ from typing import Annotated
 import typer
 
 RecipeArg = Annotated[Path, typer.Argument(help="recipe YAML file", show_default=False)]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        metavar="PATH=VALUE",
+        help="override a recipe value, YAML-typed (train.max_steps=2, judge.0.batch_size=4); repeatable",
+        show_default=False,
+    ),
+]
+SmokeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--smoke",
+        help="the recipe's CI smoke sweep: one short trial per method on a few pairs and prompts, "
+        "into NAME-smoke (--set applies after it)",
+    ),
+]
 ResultsArg = Annotated[Path, typer.Argument(help="a sweep folder (results/<name>)", show_default=False)]
 
 

@@ -11,6 +11,7 @@ import math
 import re
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,12 @@ from pydantic import (
 )
 
 from sweep.errors import UserError
+from sweep.spec import overrides
 from sweep.spec.launching import launch_problems
 from sweep.spec.methods import HYPERPARAMETERS, REGISTRY, did_you_mean, method_trl_fields
 from sweep.spec.metrics import NEEDS_REFERENCE, OBJECTIVES, objective_keys
 from sweep.spec.recipe import DATA_SUFFIXES, SAFE_NAME, Distribution, Recipe, TrainSpec
+from sweep.spec.smoke import smoke_recipe
 from sweep.spec.trlfields import POSWEEP_TRL_FIELDS
 
 
@@ -323,13 +326,28 @@ def parse_yaml(file: str | Path) -> Any:
         raise RecipeError(str(file), [(where, f"invalid YAML: {problem}")]) from None
 
 
-def load_recipe(file: str | Path) -> Recipe:
-    """Load and validate a recipe file; raise RecipeError listing every problem."""
+def load_recipe(file: str | Path, sets: Sequence[str] = (), smoke: bool = False) -> Recipe:
+    """Load and validate a recipe file, with `--smoke` then `--set` overrides applied to its raw mapping;
+    raise RecipeError listing every problem (one under an overridden path names its `--set`)."""
     raw = parse_yaml(file)
     if not isinstance(raw, dict):
         raise RecipeError(
             str(file), [("(top level)", "a recipe is a mapping of sections (name, model, data, ...)")]
         )
+    if smoke:
+        raw = smoke_recipe(raw)
+    try:
+        raw, applied = overrides.apply(raw, list(sets))
+    except overrides.OverrideError as error:
+        raise RecipeError(str(file), [(f"--set {error.arg}", str(error))]) from None
+    try:
+        return _validated(raw, file)
+    except RecipeError as error:
+        where = {format_loc(path): arg for path, arg in applied}
+        raise RecipeError(str(file), overrides.blame(error.problems, where)) from None
+
+
+def _validated(raw: dict, file: str | Path) -> Recipe:
     strategy = (
         raw.get("search", {}).get("strategy", "grid") if isinstance(raw.get("search"), dict) else "grid"
     )
