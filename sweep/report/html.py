@@ -38,7 +38,7 @@ def _progress_section(progress: list[SweepProgress]) -> str:
     )
     table = (
         "<table><tr><th>sweep</th><th>done/planned</th><th>running</th><th>status</th>"
-        "<th title='wall time of the last posweep run not spent training, evaluating or loading'>"
+        "<th title='last posweep run that trained: wall time not spent training, evaluating, loading'>"
         f"orchestration overhead</th></tr>{rows}</table>"
     )
     unfinished = [p for p in progress if p.still_running]
