@@ -48,6 +48,9 @@ def metrics_record(
     now = time.perf_counter()
     outcome.times["total"] = now - clock
     stages = outcome.stages.close(now) if outcome.stages is not None else {}
+    if stages and outcome.stages.peak_mb:  # the trial's peak is its stages' (each stage resets the counter)
+        peaks = outcome.stages.peak_mb
+        worker = {**worker, "cuda_peak_mb": max(peaks.values()), "cuda_peak_mb_by_stage": peaks}
     return TrialMetrics(
         trial_id=trial_id,
         state=outcome.state,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import torch
+
 STAGES = (
     *("setup", "load", "build", "ref_logps", "train"),
     *("generate", "judge", "kl", "evaluate", "save", "cleanup"),
@@ -14,10 +16,13 @@ STAGES = (
 class Stages:
     """Laps over one trial: `enter(name)` ends the running stage and starts `name`, so the stages add up to
     the wall time from construction to `close()` by construction; `carve` moves seconds a callee timed
-    itself (the evaluator's generate/judge/kl) out of the running stage."""
+    itself (the evaluator's generate/judge/kl) out of the running stage. On a GPU each stage also keeps
+    its peak memory (`peak_mb`: torch.cuda.max_memory_allocated, reset as each stage starts)."""
 
     def __init__(self, start: float | None = None):
         self._seconds: dict[str, float] = {}
+        self.peak_mb: dict[str, float] = {}
+        self._cuda = torch.cuda.is_available()  # the caller reset the peak counter as the trial began
         self._current = "setup"
         self._since = time.perf_counter() if start is None else start
 
@@ -25,6 +30,10 @@ class Stages:
         """End the running stage now (or at `now`) and start `name`."""
         now = time.perf_counter() if now is None else now
         self._seconds[self._current] = self._seconds.get(self._current, 0.0) + now - self._since
+        if self._cuda:
+            peak = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+            self.peak_mb[self._current] = max(self.peak_mb.get(self._current, 0.0), peak)
+            torch.cuda.reset_peak_memory_stats()
         self._current, self._since = name, now
 
     def carve(self, parts: dict[str, float]) -> None:
