@@ -48,6 +48,7 @@ def main() -> None:
     from sweep.spec.plan import plan_recipe
     from sweep.spec.validate import load_recipe
     from sweep.train.config import trl_config
+    from sweep.train.stages import Stages
 
     transformers.logging.set_verbosity_error()
     datasets.disable_progress_bars()
@@ -70,12 +71,15 @@ def main() -> None:
         recipe, sft, tokenizer, options.out, device, lambda line: None, train_conversational=conversational
     )
     setup_s = time.perf_counter() - STARTED
+    stages = Stages(STARTED)  # its setup stage: this process's imports and loading, paid per trial
 
+    stages.enter("load")
     clock = time.perf_counter()
     set_seed(spec.seed)
     policy = copy.deepcopy(sft).requires_grad_(True).train()
     times["load"] = time.perf_counter() - clock
 
+    stages.enter("build")
     clock = time.perf_counter()
     if method.data == "unpaired":
         from trl import unpair_preference_dataset
@@ -89,21 +93,27 @@ def main() -> None:
         model=policy, args=config, train_dataset=pairs, processing_class=tokenizer, **reference
     )
     trainer.remove_callback(PrinterCallback)
+    stages.enter("train")
     output = trainer.train()
     policy = trainer.model
     for model in (policy, sft):
         vars(model).pop("forward", None)  # TRL's fused LM head and accelerate's autocast patches
     times["train"] = time.perf_counter() - clock
 
+    stages.enter("evaluate")
     metrics = dict(evaluator.evaluate(policy, folder))
     times.update(metrics.pop("time_s"))
-    times["total"] = time.perf_counter() - STARTED - setup_s
+    stages.carve({key: times[key] for key in ("generate", "judge", "kl")})
+    stages.enter("save")
+    now = time.perf_counter()
+    times["total"] = now - STARTED - setup_s
     record = {
         "trial_id": spec.trial_id,
         "state": "complete",
         "objective": evaluator.objective(metrics),
         "time_s": times,
         "setup_s": setup_s,
+        "stages_s": stages.close(now),
         "train": {"loss": output.training_loss, "steps": output.global_step},
         **metrics,
     }

@@ -12,10 +12,11 @@ and runs it
   process doing the same work with nothing shared (imports, loading, SFT responses and judge every time).
 
 It prints both wall times, peak memory (the kernel's RSS high-water mark of each process tree, from wait4),
-per-trial medians, the posweep/baseline ratio, posweep's orchestration overhead (wall time spent neither in
-trials, nor in Python's start and library imports (timed alone), nor in the worker's one-off loading of
-model, tokenizer, judges and SFT baseline), and the largest difference of objective, kl_to_sft and
-length_mean between the two sides for the same trials. With --repeats N every figure is the median of N
+per-trial medians, the mean seconds per trial stage of both sides (metrics.json stages_s), the
+posweep/baseline ratio, posweep's orchestration overhead (wall time spent neither in trials, nor in Python's
+start and library imports (timed alone), nor in the worker's one-off loading of model, tokenizer, judges and
+SFT baseline), and the largest difference of objective, kl_to_sft and length_mean between the two sides for
+the same trials. With --repeats N every figure is the median of N
 runs. Then it measures the shared reference log-probabilities alone (one DPO trial with and without them,
 in this process) and a worker's RSS after 3 and after --memory-trials trials of a longer posweep sweep.
 """
@@ -236,6 +237,11 @@ def median_side(sides: list[Side]) -> Side:
     return sorted(sides, key=lambda side: side.wall_s)[len(sides) // 2]
 
 
+def stage(record: dict, name: str) -> float:
+    """A trial record's seconds in one stage (0 for a stage it did not meet)."""
+    return record.get("stages_s", {}).get(name, 0.0)
+
+
 def report(
     posweep: list[Side], baseline: list[Side], reference: dict | None, memory: dict | None, loads: list
 ) -> None:
@@ -256,12 +262,12 @@ def report(
         f"{'per-trial median (s)':26}{statistics.median(p.trial_walls):14.2f}"
         f"{statistics.median(b.trial_walls):14.2f}   (posweep: metrics time_s.total; baseline: process wall)"
     )
-    for key in ("load", "train", "generate", "judge", "kl"):
-        print(
-            f"{'  ' + key + ' median (s)':26}"
-            f"{statistics.median(r['time_s'][key] for r in p.trials.values()):14.2f}"
-            f"{statistics.median(r['time_s'][key] for r in b.trials.values()):14.2f}"
-        )
+    print("where a trial's time goes, mean s per trial (metrics.json stages_s; baseline setup: per process)")
+    sides = (p, b)
+    names = dict.fromkeys(n for side in sides for r in side.trials.values() for n in r.get("stages_s", {}))
+    for name in names:
+        means = [statistics.mean(stage(r, name) for r in x.trials.values()) for x in sides]
+        print(f"{'  ' + name:26}{means[0]:14.2f}{means[1]:14.2f}")
     print(
         f"{'imports + loading (s)':26}{cost['startup_s'] + cost['setup_s']:14.2f}"
         f"{statistics.median(r['setup_s'] for r in b.trials.values()):14.2f}   (posweep: once; baseline: "

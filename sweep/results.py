@@ -121,6 +121,7 @@ class TrialMetrics(_Record):
     objective: float | None = None
     error: dict[str, str] | None = None
     time_s: dict[str, float] = field(default_factory=dict)
+    stages_s: dict[str, float] = field(default_factory=dict)
     started: str | None = None
     finished: str | None = None
     attempt: int = 1
@@ -133,6 +134,13 @@ class TrialMetrics(_Record):
     def metrics(self) -> dict[str, Any]:
         """The evaluation metrics (and any other key this record does not type)."""
         return self.extra
+
+    def to_json(self) -> dict:
+        """The JSON object; `stages_s` only where the trial timed its stages (older records have none)."""
+        data = super().to_json()
+        if not self.stages_s:
+            del data["stages_s"]
+        return data
 
 
 @dataclass

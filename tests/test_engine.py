@@ -17,6 +17,8 @@ from tiny import CHAT_TEMPLATE, save_dir, tiny_causal_lm, tiny_reward_model, tin
 from typer.testing import CliRunner
 
 from sweep.cli import app
+from sweep.engine.status import stage_means
+from sweep.results import SweepFolder
 from sweep.spec.plan import plan_recipe
 from sweep.spec.validate import load_recipe
 
@@ -160,6 +162,7 @@ def test_grid_sweep_writes_the_layout_and_a_rerun_trains_nothing(inputs, tmp_pat
         assert params["method"] == trial_id.split("-b")[0] and params["seed"] == 0 and params["trl_fields"]
         assert record["state"] == "complete" and isinstance(record["objective"], float)
         assert {"load", "train", "generate", "judge", "kl", "total"} <= set(record["time_s"])
+        assert sum(record["stages_s"].values()) == pytest.approx(record["time_s"]["total"], rel=0.02)
         assert record["win_rate_vs_sft"] == record["objective"]
         assert [json.loads(line)["step"] for line in (folder / "train_log.jsonl").read_text().splitlines()]
         assert len((folder / "samples.jsonl").read_text().splitlines()) == N_EVAL
@@ -169,8 +172,19 @@ def test_grid_sweep_writes_the_layout_and_a_rerun_trains_nothing(inputs, tmp_pat
     assert again.exit_code == 0
     assert "6 done, 0 to run" in again.output
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    rerun = json.loads((sweep / "sweep.json").read_text())
+    assert rerun["last_run"].startswith("trained nothing") and meta["last_run"] == "trained 6 trial(s)"
+    assert rerun["overhead_fraction"] == meta["overhead_fraction"] < 1
     status = run("status", sweep)
     assert status.exit_code == 0 and "6 complete of 6 planned" in status.output
+    trained: dict[str, list[float]] = {}
+    for trial_id, record in metrics.items():
+        trained.setdefault(trial_id.split("-b")[0], []).append(record["stages_s"]["train"])
+    means = stage_means(SweepFolder(sweep).trials())
+    assert set(means) == set(trained) and "where the time went" in status.output
+    for method, values in trained.items():
+        assert means[method]["train"] == pytest.approx(sum(values) / len(values), abs=1e-6)
+        assert f"{means[method]['train']:.2f}" in status.output
 
 
 def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(inputs, tmp_path):

@@ -73,6 +73,26 @@ def test_trial_gpu_memory_record_in_mib(monkeypatch):
     assert loading.cuda_memory() == {"cuda_mb": 3.5, "cuda_peak_mb": 5120.0}
 
 
+def test_each_stage_keeps_its_own_gpu_peak(monkeypatch):
+    from sweep.train.outcome import Outcome, metrics_record
+    from sweep.train.stages import Stages
+
+    assert Stages().peak_mb == {}  # no CUDA here: no memory per stage
+    allocated = {"peak": 0}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: allocated["peak"])
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda: allocated.update(peak=0))
+    outcome = Outcome(stages=Stages())
+    for stage, mib in [("load", 10), ("train", 300), ("generate", 40), ("train", 100)]:
+        allocated["peak"] = mib * 2**20  # what the running stage (setup, then each one in turn) peaked at
+        outcome.stages.enter(stage)
+    allocated["peak"] = 5 * 2**20
+    worker = {"cuda_peak_mb": 5.0}
+    record = metrics_record("t", outcome, "now", 0.0, 1, worker)
+    peaks = {"setup": 10.0, "load": 300.0, "train": 40.0, "generate": 100.0}  # train: max(40, 5 at the end)
+    assert record.worker == {"cuda_peak_mb": 300.0, "cuda_peak_mb_by_stage": peaks}
+
+
 @pytest.mark.parametrize("method", ["dpo", "simpo", "kto"])
 def test_liger_switch_reaches_the_trl_config(method, tmp_path, monkeypatch):
     def build(train, device):

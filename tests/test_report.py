@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import itertools
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -391,3 +392,27 @@ def test_user_errors(tmp_path):
     sweep_dir = make_sweep(tmp_path, "ok", [trial("t0", "dpo", {"beta": 0.1}, win=0.5)])
     with pytest.raises(UserError, match="did you mean 'win_rate_vs_sft'"):
         build_report([sweep_dir], metric="win_rate_vs_stf", console=quiet())
+
+
+def test_stage_times_figure_and_table_are_the_means_of_stages_s(tmp_path):
+    stages = {
+        "dpo-0": {"setup": 0.1, "build": 0.3, "train": 1.0, "generate": 0.5},
+        "dpo-1": {"setup": 0.3, "build": 0.5, "train": 2.0, "generate": 0.7},
+        "simpo-0": {"setup": 0.2, "build": 0.4, "train": 1.5, "kl": 0.25},
+    }
+    trials = [trial(t, t.split("-")[0], {"beta": 0.1}, win=0.5, stages_s=s) for t, s in stages.items()]
+    report = build_report([make_sweep(tmp_path, "timed", trials)], console=quiet())
+    assert (report / "figures" / "stage_times.png").read_bytes().startswith(b"\x89PNG")
+    html = (report / "index.html").read_text()
+    assert 'id="stage_times"' in html and "Where the time went" in html
+    section = html[html.index("Where the time went") :]
+    section = section[: section.index("</table>")]
+    header = re.findall(r"<th>([^<]+)</th>", section[: section.index("</thead>")])
+    rows = re.findall(r"<tr>\s*<th>([^<]*)</th>(.*?)</tr>", section[section.index("<tbody>") :], re.S)
+    cells = {name: map(float, re.findall(r"<td>([^<]*)</td>", body)) for name, body in rows}
+    table = pd.DataFrame({name: dict(zip(header, values)) for name, values in cells.items()}).T
+    assert table.loc["dpo", "train"] == 1.5 and table.loc["dpo", "generate"] == 0.6
+    assert table.loc["simpo", "kl"] == 0.25 and table.loc["dpo", "kl"] == 0.0  # a stage a method lacks
+    assert table.loc["dpo", "total"] == 2.7 and table.loc["simpo", "total"] == 2.35
+    columns = pd.read_csv(report / "trials.csv").columns
+    assert [c for c in columns if c.startswith("stage_s.")][:2] == ["stage_s.setup", "stage_s.build"]

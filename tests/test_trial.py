@@ -102,6 +102,18 @@ def spec(trial_id, method="dpo", seed=0, **params) -> TrialSpec:
     return TrialSpec(trial_id, method, {"learning_rate": 1e-3, **params}, seed)
 
 
+def assert_stages_cover(metrics: dict) -> None:
+    """The stages add up to the trial's wall time (within 2%), each one non-negative, training the biggest
+    part of a trial that trains."""
+    stages, total = metrics["stages_s"], metrics["time_s"]["total"]
+    assert {"setup", "load", "build", "train", "save", "cleanup"} <= set(stages)
+    assert all(seconds >= 0 for seconds in stages.values()), stages
+    assert sum(stages.values()) == pytest.approx(total, rel=0.02), (stages, total)
+    trained = sum(stages.get(name, 0.0) for name in ("build", "ref_logps", "train"))
+    times = metrics["time_s"]
+    assert trained == pytest.approx(times["train"] + times.get("ref_logps", 0.0), abs=0.1)
+
+
 def losses(worker, trial_id) -> list:
     return [r["loss"] for r in read_jsonl(worker.trial_dir(trial_id) / "train_log.jsonl") if "loss" in r]
 
@@ -121,6 +133,7 @@ def test_trial_trains_and_writes_its_files(worker, method):
     assert set(metrics) >= METRICS_KEYS
     assert set(metrics["time_s"]) - {"ref_logps"} == {"load", "train", "generate", "judge", "kl", "total"}
     assert metrics["time_s"]["total"] >= metrics["time_s"]["train"] > 0
+    assert_stages_cover(metrics)
     assert metrics["train"]["steps"] == 4
     assert metrics["objective"] == result.objective == metrics["train"]["loss"]
     assert math.isfinite(result.objective)
@@ -265,6 +278,9 @@ def test_evaluation_gives_objective_metrics_samples_and_times(model_dir, tmp_pat
     assert result.objective == metrics["judge_score_mean"] == metrics["objective"]
     assert {"win_rate_vs_sft", "kl_to_sft", "length_mean"} <= set(metrics)
     assert metrics["time_s"]["generate"] > 0 and metrics["time_s"]["kl"] > 0
+    assert_stages_cover(metrics)
+    for name in ("generate", "judge", "kl"):  # the evaluator's own timings, carved out of its stage
+        assert metrics["stages_s"][name] == pytest.approx(metrics["time_s"][name], abs=1e-3)
     assert len(read_jsonl(folder / "samples.jsonl")) == 3
     assert worker.evaluator.sft_model is worker.sft
 

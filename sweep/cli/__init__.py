@@ -124,7 +124,13 @@ def run(
     results: Annotated[
         Path | None, typer.Option(help="results root (default: execution.results_dir)")
     ] = None,
-    workers: Annotated[int | None, typer.Option(min=1, help="trials at a time (or SLURM array size)")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="trials at a time (or SLURM array size); on CPU, more than one pays only beyond 4 cores",
+        ),
+    ] = None,
     storage: Annotated[str | None, typer.Option(help="Optuna storage URL or env:VAR")] = None,
     max_trials: Annotated[int | None, typer.Option(min=1, help="stop after this many trials")] = None,
     new: Annotated[bool, typer.Option("--new", help="start a new sweep folder if the plan changed")] = False,

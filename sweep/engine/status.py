@@ -51,6 +51,35 @@ def status_code(sweep_dir: Path) -> int:
     return 1 if finished and any(trial.state == "failed" for trial in trials) else 0
 
 
+def stage_means(trials: list[TrialRecord]) -> dict[str, dict[str, float]]:
+    """Mean seconds per stage (metrics.json's stages_s) of each method's ended trials, in stage order."""
+    collected: dict[str, list[dict[str, float]]] = {}
+    for trial in trials:
+        if trial.metrics is not None and trial.metrics.stages_s:
+            collected.setdefault(trial.params.method or "?", []).append(trial.metrics.stages_s)
+    means = {}
+    for method, records in collected.items():
+        names = list(dict.fromkeys(name for record in records for name in record))
+        means[method] = {name: sum(r.get(name, 0.0) for r in records) / len(records) for name in names}
+    return means
+
+
+def stage_table(trials: list[TrialRecord]):
+    """A rich table: per method, the mean seconds of each stage and each stage's share of the trial."""
+    from rich.table import Table
+
+    means = stage_means(trials)
+    names = list(dict.fromkeys(name for stages in means.values() for name in stages))
+    table = Table("method", *names, "total", title="where the time went (mean s per trial)", box=None)
+    for method, stages in means.items():
+        total = sum(stages.values())
+        cells = [
+            f"{stages.get(n, 0.0):.2f} ({stages.get(n, 0.0) / total:.0%})" if total else "-" for n in names
+        ]
+        table.add_row(method, *cells, f"{total:.2f}")
+    return table
+
+
 def _error_text(trial: TrialRecord) -> str:
     error = (trial.metrics and trial.metrics.error) or {}
     return f"{error.get('reason')}: {error.get('type')}: {error.get('message', '')}"[:80] if error else ""
@@ -78,6 +107,8 @@ def print_status(sweep_dir: Path) -> int:
         )
     console = Console(width=max(Console().width, 120))
     console.print(table)
+    if stage_means(trials):
+        console.print(stage_table(trials))
     console.print(summarize(sweep_dir))
     finished = [t.metrics for t in trials if t.state != RUNNING]
     durations = [m.time_s.get("total") for m in finished if m.time_s.get("total")]

@@ -311,15 +311,19 @@ def _run(recipe, results, storage, max_trials, new, quiet, locate, envs, started
         return _disk_full(progress, full)
     summary = summarize(sweep.dir)
     wall = time.perf_counter() - started
-    overhead = max(0.0, wall - (progress.trial_s + progress.setup_s) / len(envs))
-    write_sweep_json(
-        sweep,
-        wall_s=round(wall, 3),
-        trials_s=round(progress.trial_s, 3),
-        setup_s=round(progress.setup_s, 3),
-        overhead_s=round(overhead, 3),
-        overhead_fraction=round(overhead / wall, 4) if wall else None,
-    )
+    if progress.seen:
+        overhead = max(0.0, wall - (progress.trial_s + progress.setup_s) / len(envs))
+        write_sweep_json(
+            sweep,
+            last_run=f"trained {len(progress.seen)} trial(s)",
+            wall_s=round(wall, 3),
+            trials_s=round(progress.trial_s, 3),
+            setup_s=round(progress.setup_s, 3),
+            overhead_s=round(overhead, 3),
+            overhead_fraction=round(overhead / wall, 4) if wall else None,
+        )
+    else:  # the timings stay those of the last run that trained: this one has no work to measure
+        write_sweep_json(sweep, last_run=f"trained nothing ({wall:.1f} s): every planned trial had ended")
     progress.log(summary)
     if interrupted is not None:
         how = "terminated (SIGTERM)" if isinstance(interrupted, Terminated) else "interrupted"

@@ -33,6 +33,7 @@ from sweep.report.robustness import (
     robustness_table,
     scored_values,
 )
+from sweep.report.timing import stage_means
 
 __all__ = [
     "Objective",
@@ -104,7 +105,15 @@ def build_report(
     importance_figures, importance = write_importance(data, report_dir)
     best = best_trial_line(trials, objective)
     page = render_html(
-        sweeps, trials, objective, robustness, figures + importance_figures, warnings, importance, best
+        sweeps,
+        trials,
+        objective,
+        robustness,
+        figures + importance_figures,
+        warnings,
+        importance,
+        best,
+        stage_means(data),
     )
     write_text(report_dir / "index.html", page)
     _print_table(robustness, objective, console, warnings, best)

@@ -36,6 +36,7 @@ from sweep.report.robustness import (
     expected_best_of_k,
     held_out_best_of_k,
 )
+from sweep.report.timing import stage_times
 
 LEARNING_RATE = "param.learning_rate"
 
@@ -367,6 +368,7 @@ def figure_builders(data: PlotData) -> list[tuple[str, Callable]]:
         ("norm_kl_dist", norm_kl_dist),
         ("kl_vs_score", kl_vs_score),
         *sensitivity_figures(data),
+        ("stage_times", stage_times),
     ]
 
 

@@ -38,7 +38,7 @@ def _progress_section(progress: list[SweepProgress]) -> str:
     )
     table = (
         "<table><tr><th>sweep</th><th>done/planned</th><th>running</th><th>status</th>"
-        "<th title='wall time of the last posweep run not spent training, evaluating or loading'>"
+        "<th title='last posweep run that trained: wall time not spent training, evaluating, loading'>"
         f"orchestration overhead</th></tr>{rows}</table>"
     )
     unfinished = [p for p in progress if p.still_running]
@@ -164,6 +164,15 @@ def _recipes(sweeps: list[SweepInfo]) -> str:
     )
 
 
+def _stage_section(stages: pd.DataFrame | None) -> str:
+    """Mean seconds per stage and method, with the trial's total (figure stage_times draws the same)."""
+    if stages is None or stages.empty:
+        return ""
+    table = stages.assign(total=stages.sum(axis=1)).to_html(float_format=lambda v: f"{v:.2f}", border=0)
+    note = "<p>Mean seconds per trial and stage (metrics.json stages_s).</p>"
+    return f"<h2>Where the time went</h2>{note}<div class='scroll'>{table}</div>"
+
+
 def render_html(
     sweeps: list[SweepInfo],
     trials: pd.DataFrame,
@@ -173,6 +182,7 @@ def render_html(
     warnings: list[str] = (),
     importance: str = "",
     best: str = "",
+    stages: pd.DataFrame | None = None,
 ) -> str:
     """The whole report page as one string."""
     names = ", ".join(s.name for s in sweeps)
@@ -196,6 +206,7 @@ Generated {utc_now()}. Tables: <a href="robustness.csv">robustness.csv</a>,
 {_trial_lists(trials, list(warnings))}
 <h2>Figures</h2>
 {figure_html}
+{_stage_section(stages)}
 <h2>Hyperparameter importance</h2>
 {importance}
 <h2>Recipe</h2>

@@ -14,7 +14,9 @@ from sweep.results import RUNNING, TRIAL_STATES, SweepFolder, TrialRecord
 STATES = TRIAL_STATES
 IDENTITY_COLUMNS = ("sweep", "trial_id", "method", "variant", "seed", "state", "objective")
 RECORD_COLUMNS = ("started", "finished", "attempt", "error_type", "error_reason", "error_message")
-_NOT_METRICS = frozenset({*IDENTITY_COLUMNS, *RECORD_COLUMNS, "error", "time_s", "schema_version"})
+_NOT_METRICS = frozenset(
+    {*IDENTITY_COLUMNS, *RECORD_COLUMNS, "error", "time_s", "stages_s", "schema_version"}
+)
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,7 @@ def _trial_record(sweep: str, trial: TrialRecord) -> dict:
     metrics = trial.metrics.to_json()
     _flatten("", metrics, record, _NOT_METRICS)
     _flatten("time_s.", metrics.get("time_s") or {}, record)
+    _flatten("stage_s.", metrics.get("stages_s") or {}, record)
     error = metrics.get("error") or {}
     record.update(
         started=metrics.get("started"),
@@ -124,7 +127,8 @@ def read_trials(sweeps: list[SweepInfo]) -> pd.DataFrame:
     records = [record for sweep in sweeps for record in _sweep_records(sweep)]
     trials = pd.DataFrame.from_records(records)
     params = sorted(c for c in trials.columns if c.startswith("param."))
-    timings = sorted(c for c in trials.columns if c.startswith("time_s."))
+    stages = [c for c in trials.columns if c.startswith("stage_s.")]  # in the order trials meet them
+    timings = [*sorted(c for c in trials.columns if c.startswith("time_s.")), *stages]
     fixed = {*IDENTITY_COLUMNS, *RECORD_COLUMNS, *params, *timings}
     metrics = [c for c in trials.columns if c not in fixed]
     records_present = [c for c in RECORD_COLUMNS if c in trials.columns]
@@ -153,7 +157,7 @@ def metric_columns(trials: pd.DataFrame) -> list[str]:
         c
         for c in trials.columns
         if c not in fixed
-        and not c.startswith(("param.", "time_s."))
+        and not c.startswith(("param.", "time_s.", "stage_s."))
         and pd.api.types.is_numeric_dtype(trials[c])
         and not pd.api.types.is_bool_dtype(trials[c])
     ]

@@ -11,6 +11,7 @@ import torch
 
 from sweep.io import utc_now
 from sweep.results import TrialMetrics
+from sweep.train.stages import Stages
 
 EVALUATION_TIMES = ("generate", "judge", "kl")
 TIME_KEYS = ("load", "train", *EVALUATION_TIMES, "total")
@@ -37,19 +38,26 @@ class Outcome:
     train: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     times: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TIME_KEYS, 0.0))
+    stages: Stages | None = None
 
 
 def metrics_record(
     trial_id: str, outcome: Outcome, started: str, clock: float, attempt: int, worker: dict
 ) -> TrialMetrics:
     """The trial's metrics.json record (its total time counted from `clock`)."""
-    outcome.times["total"] = time.perf_counter() - clock
+    now = time.perf_counter()
+    outcome.times["total"] = now - clock
+    stages = outcome.stages.close(now) if outcome.stages is not None else {}
+    if stages and outcome.stages.peak_mb:  # the trial's peak is its stages' (each stage resets the counter)
+        peaks = outcome.stages.peak_mb
+        worker = {**worker, "cuda_peak_mb": max(peaks.values()), "cuda_peak_mb_by_stage": peaks}
     return TrialMetrics(
         trial_id=trial_id,
         state=outcome.state,
         objective=outcome.objective,
         error=outcome.error,
         time_s=outcome.times,
+        stages_s=stages,
         started=started,
         finished=utc_now(),
         attempt=attempt,

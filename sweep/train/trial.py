@@ -64,6 +64,7 @@ from sweep.train.outcome import (
     result_from,
 )
 from sweep.train.shared import REFERENCE_BATCH_FACTOR, SharedTraining, _model_stamp, reference_columns
+from sweep.train.stages import Stages
 from sweep.train.trackers import TrackedRun, check_installed
 
 
@@ -172,7 +173,7 @@ class Worker:
         notes = {"notes": [note]} if note else {}
         params = TrialParams(**spec.to_json(), trl_fields=fields, attempt=attempt, extra=notes)
         folder.start(params)
-        outcome = Outcome()
+        outcome = Outcome(stages=Stages(clock))
         try:
             with TrackedRun(
                 self.recipe.train.report_to, self.results.name, spec, folder.tensorboard
@@ -192,6 +193,7 @@ class Worker:
             folder.write_traceback(traceback.format_exc())
             self.log(f"{spec.trial_id}: failed: {outcome.error['type']}: {outcome.error['message']}")
         finally:
+            outcome.stages.enter("cleanup")
             folder.discard_scratch()
             hooks.restore_forward(self.sft)
             free_memory(freeze=self.trials_run == 1)
@@ -220,6 +222,8 @@ class Worker:
         tracked: TrackedRun,
     ) -> None:
         """The body of a trial: build, train, evaluate, keep weights; fills `outcome` as it goes."""
+        stages = outcome.stages
+        stages.enter("load")
         set_seed(spec.seed)
         clock = time.perf_counter()
         train = self.recipe.train
@@ -231,14 +235,19 @@ class Worker:
             reference = self.sft
         outcome.times["load"] = time.perf_counter() - clock
 
+        setup = self.setup_s
         evaluator = self.evaluator
+        stages.skip(self.setup_s - setup)  # the evaluator's first load is the worker's setup, not the trial's
         quick = evaluator.quick if evaluator is not None else None
+        stages.enter("build")
         clock = time.perf_counter()
         callback = TrialCallback(folder.log, self.recipe.eval.every_steps, quick, report)
         with tracked.building_trainer():
             trainer = self._trainer(spec, method, policy, reference, folder.scratch, callback)
         raise_if_stopped()  # a stop swallowed while TRL prepared the data (datasets catches everything)
+        stages.enter("ref_logps")
         reference_s = self._supply_reference(trainer, method) if method.reference == "fixed" else None
+        stages.enter("train")
         output = trainer.train()
         rows, world_size = len(trainer.train_dataset), trainer.args.world_size
         policy = hooks.gathered_policy(trainer, self.sft)
@@ -340,8 +349,10 @@ class Worker:
         if evaluator is None:
             value = outcome.train["loss"]
         else:
+            outcome.stages.enter("evaluate")
             metrics = dict(evaluator.evaluate(policy, folder.path))
             times = metrics.pop("time_s", {})
+            outcome.stages.carve({key: times[key] for key in EVALUATION_TIMES if key in times})
             outcome.times.update({key: times[key] for key in EVALUATION_TIMES if key in times})
             outcome.metrics = metrics
             value = evaluator.objective(metrics)
@@ -375,6 +386,7 @@ class Worker:
 
     def _keep(self, policy, folder: TrialFolder, outcome: Outcome) -> None:
         """Save the trained weights if `execution.keep` may want them (for `best` the engine keeps one)."""
+        outcome.stages.enter("save")
         keep = self.recipe.execution.keep
         wanted = ("complete",) if keep == "best" else ("complete", "pruned")
         if keep == "none" or outcome.state not in wanted:
