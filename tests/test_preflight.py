@@ -377,3 +377,26 @@ def test_removed_on_failure_removes_only_what_the_block_created(tmp_path):
         (tmp_path / "results" / "old" / "file").write_text("x")
         raise RuntimeError("open failed")
     assert (tmp_path / "results" / "old" / "file").exists(), "an existing folder is never removed"
+
+
+@pytest.mark.parametrize(
+    ("cores", "devices", "hint", "threads"),
+    [
+        (2, ["cpu", "cpu"], "2 CPU workers share 2 cores", 1),
+        (4, ["cpu"] * 3, "3 CPU workers share 4 cores", 1),
+        (2, ["cpu"], None, 1),
+        (16, ["cpu", "cpu"], None, 8),
+        (2, ["cuda", "cuda"], None, 1),
+    ],
+)
+def test_more_cpu_workers_than_pay_get_a_one_line_hint_and_threads_are_shared_beyond_few_cores(
+    monkeypatch, cores, devices, hint, threads
+):
+    from sweep.engine import preflight
+
+    monkeypatch.setattr(preflight, "cpu_cores", lambda: cores)
+    said = preflight.workers_hint([{"POSWEEP_DEVICE": device} for device in devices])
+    assert (said is None) == (hint is None), said
+    if hint is not None:
+        assert said.startswith("preflight: hint: " + hint) and "\n" not in said
+    assert preflight.cpu_threads(len(devices)) == threads

@@ -24,7 +24,7 @@ from sweep.engine.folder import (
 )
 from sweep.engine.launch import TrialGroup, gpu_envs
 from sweep.engine.live import RunningTrials
-from sweep.engine.preflight import is_disk_error, preflight
+from sweep.engine.preflight import cpu_threads, is_disk_error, preflight, workers_hint
 from sweep.engine.progress import Event, Progress
 from sweep.engine.queue import Heartbeat, claim, close, keep_best, others_running, reconcile, spec_for, start
 from sweep.engine.status import failed_trials, summarize
@@ -141,8 +141,7 @@ def _device_plan(recipe: Recipe, workers: int | None) -> list[dict[str, str]]:
     if gpus:
         return gpu_envs(gpus, recipe.execution.processes_per_trial, workers)
     count, ranks = workers or recipe.execution.workers, recipe.execution.processes_per_trial
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    threads = str(recipe.execution.cpu_threads or (1 if cores <= 4 else max(1, cores // (count * ranks))))
+    threads = str(recipe.execution.cpu_threads or cpu_threads(count * ranks))
     return [{"CUDA_VISIBLE_DEVICES": "", "POSWEEP_DEVICE": "cpu", "POSWEEP_THREADS": threads}] * count
 
 
@@ -280,6 +279,8 @@ def _run(recipe, results, storage, max_trials, new, quiet, locate, envs, started
     root = Path(results if results is not None else recipe.execution.results_dir)
     device = _preflight_device(envs)
     checked = preflight(recipe.located(locate), results, storage, device, log, _existing(root, recipe))
+    if hint := workers_hint(envs):
+        log(hint)
     with removed_on_failure(root / recipe.name):
         sweep = open_sweep(recipe, results, storage, new)
         checked.hand_over(sweep.folder)
