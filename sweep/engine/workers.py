@@ -16,6 +16,7 @@ from pathlib import Path
 
 from sweep.engine.folder import (
     Sweep,
+    claim_planned,
     open_sweep,
     open_sweep_folder,
     removed_on_failure,
@@ -26,7 +27,7 @@ from sweep.engine.launch import TrialGroup, gpu_envs
 from sweep.engine.live import RunningTrials
 from sweep.engine.preflight import is_disk_error, preflight
 from sweep.engine.progress import Event, Progress
-from sweep.engine.queue import Heartbeat, claim, close, keep_best, others_running, reconcile, spec_for, start
+from sweep.engine.queue import Heartbeat, close, keep_best, others_running, reconcile, spec_for, start
 from sweep.engine.status import failed_trials, summarize
 from sweep.errors import UserError
 from sweep.io import utc_now
@@ -73,7 +74,7 @@ def worker_loop(
     ran = 0
     while max_trials is None or ran < max_trials:
         raise_if_stopped()
-        trial = claim(sweep)
+        sweep, trial = claim_planned(sweep)
         if trial is None:
             if reconcile(sweep)["queued"] == 0:
                 if others_running(sweep):
