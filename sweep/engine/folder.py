@@ -111,22 +111,27 @@ def open_sweep(
     return sweep
 
 
+def _revision(number: int, when: str, plan: Plan, changes: dict) -> dict:
+    return {
+        "revision": number,
+        "when": when,
+        "plan_hash": plan.hash,
+        "planned_total": plan.total,
+        **changes,
+        "slots": plan.slots,
+    }
+
+
 def _revisions(sweep: Sweep, old: SweepRecord | None, previous: Recipe | None, now: str) -> list[dict]:
-    """sweep.json's plan revisions, with one appended when the plan is new or grew since the last one."""
+    """sweep.json's plan revisions, with one appended when the plan is new or grew since the last one (a
+    folder written before revisions were recorded gets its recorded recipe's plan as revision 1)."""
     revisions = list(old.revisions) if old is not None else []
+    if not revisions and old is not None and previous is not None:
+        revisions = [_revision(1, old.created or now, plan_recipe(previous), {})]
     if revisions and revisions[-1]["plan_hash"] == sweep.plan.hash:
         return revisions
-    first = not revisions and old is not None and old.plan_hash == sweep.plan.hash
     changes = growth(previous, sweep.recipe) if revisions and previous is not None else {}
-    revision = {
-        "revision": len(revisions) + 1,
-        "when": old.created if first and old.created else now,
-        "plan_hash": sweep.plan.hash,
-        "planned_total": sweep.plan.total,
-        **changes,
-        "slots": sweep.plan.slots,
-    }
-    return [*revisions, revision]
+    return [*revisions, _revision(len(revisions) + 1, now, sweep.plan, changes)]
 
 
 def write_sweep_json(sweep: Sweep, previous: Recipe | None = None, **timings: Any) -> None:
