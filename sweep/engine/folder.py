@@ -1,5 +1,8 @@
-"""Opening a sweep: its folder (a plan that only grows is grown in place, any other change refused), its
-study, its sweep.json (with the plan's revisions) and recipe.yaml."""
+"""Opening a sweep: its folder (grown in place or refused), its study, its sweep.json and recipe.yaml.
+
+A plan that only changes the search space grows the folder in place (`sweep.spec.growth`); sweep.json
+keeps one revision per plan; workers follow the folder's current plan.
+"""
 
 from __future__ import annotations
 

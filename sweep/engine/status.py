@@ -1,5 +1,7 @@
-"""`posweep status`: the current plan's trial table, counts by state, the best trial, the time left, and
-planned/complete per plan revision (a sweep grown in place)."""
+"""`posweep status`: the current plan's trials and counts, the best trial, time left, plan revisions.
+
+Each revision of a sweep grown in place shows its planned trials and how many are complete.
+"""
 
 from __future__ import annotations
 

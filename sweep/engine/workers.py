@@ -17,6 +17,7 @@ from pathlib import Path
 from sweep.engine.folder import (
     Sweep,
     claim_planned,
+    current_plan,
     open_sweep,
     open_sweep_folder,
     removed_on_failure,
@@ -314,7 +315,7 @@ def _run(recipe, results, storage, max_trials, new, quiet, locate, envs, started
     wall = time.perf_counter() - started
     overhead = max(0.0, wall - (progress.trial_s + progress.setup_s) / len(envs))
     write_sweep_json(
-        sweep,
+        current_plan(sweep),  # the plan may have grown under this run: never write an older one back
         wall_s=round(wall, 3),
         trials_s=round(progress.trial_s, 3),
         setup_s=round(progress.setup_s, 3),
