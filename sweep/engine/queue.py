@@ -3,9 +3,11 @@
 Every trial is an Optuna trial. Grid points are enqueued once (WAITING) and claimed by exactly one
 worker: claiming flips WAITING -> RUNNING through the storage, which is atomic (a row lock in SQL
 databases, a file lock for the journal file). Random/TPE sweeps enqueue one slot per (method, seed,
-k) with only the method (and variant) fixed, and the study's sampler fills in the hyperparameters when
-a worker claims the slot. Every claimed trial records its method, variant and hyperparameters as
-Optuna params with their distributions (grid values as enqueued fixed params). A trial that failed,
+k) with only the method (and variant) fixed, and the study's sampler (seeded with the trial's number, so
+a resumed or grown sweep draws new samples) fills in the hyperparameters when a worker claims the slot.
+Every claimed trial records its method, variant and hyperparameters as Optuna params with their
+distributions (grid values as enqueued fixed params; the method among every registry method, as one
+study keeps one distribution per param and a grown plan adds methods). A trial that failed,
 was interrupted, or whose worker died is re-enqueued under the same posweep id (failures up to
 `execution.max_retries` times); complete ones never run again.
 
