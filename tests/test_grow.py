@@ -103,17 +103,18 @@ def test_a_change_of_what_a_trial_means_is_refused_naming_the_section(inputs, tm
     assert sorted(trial_files(tmp_path / "grow-2")) == OLD
 
 
-def test_tpe_n_trials_grows_by_one_trial_continuing_the_study(inputs, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("strategy", ["tpe", "random"])
+def test_n_trials_grows_by_one_trial_continuing_the_study(inputs, tmp_path, strategy):  # noqa: F811
     import optuna
 
     from sweep.engine.storage import open_storage
 
     def recipe(n_trials: int) -> Path:
         space = {"dpo": {"beta": {"low": 0.05, "high": 0.5, "log": True}, "learning_rate": [1e-3]}}
-        search = {"strategy": "tpe", "n_trials": n_trials}
-        return write_recipe(inputs, "tpe", space, search=search, train=TRAIN)
+        search = {"strategy": strategy, "n_trials": n_trials}
+        return write_recipe(inputs, strategy, space, search=search, train=TRAIN)
 
-    sweep = tmp_path / "tpe"
+    sweep = tmp_path / strategy
     assert run("run", recipe(2), "--results", tmp_path, "-q").exit_code == 0
     old = sorted(trial_files(sweep))
     before, attempts = _stamps(sweep, old), claims(sweep)
@@ -124,7 +125,7 @@ def test_tpe_n_trials_grows_by_one_trial_continuing_the_study(inputs, tmp_path):
     assert set(old) < set(metrics) and _stamps(sweep, old) == before
     new = (set(metrics) - set(old)).pop()
     assert claims(sweep) == {**attempts, new: 1}
-    study = optuna.load_study(study_name="tpe", storage=open_storage(None, sweep))
+    study = optuna.load_study(study_name=strategy, storage=open_storage(None, sweep))
     slots = sorted(t.user_attrs["posweep"]["slot"] for t in study.get_trials() if t.state.name == "COMPLETE")
     assert slots == ["dpo/s0/0", "dpo/s0/1", "dpo/s0/2"], "one study: the new slot continues its history"
     meta = json.loads((sweep / "sweep.json").read_text())
