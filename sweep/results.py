@@ -1,7 +1,8 @@
 """The results folder: its paths and typed records, each with a schema version; its one reader and writer.
 
     results/<name>/
-      sweep.json              SweepRecord: plan, storage, objective, versions, timings
+      sweep.json              SweepRecord: plan, its revisions (a sweep grown in place), storage, objective,
+                              versions, timings
       recipe.yaml             the resolved recipe (a storage password masked)
       study.journal           the Optuna study (default journal storage; a database URL otherwise)
       cache/sft_baseline.json SftBaseline: the SFT model's responses, scores and metrics
@@ -77,6 +78,7 @@ class SweepRecord(_Record):
     strategy: str = "grid"
     planned_total: int | None = None
     planned_trials: list[str] = field(default_factory=list)
+    revisions: list[dict[str, Any]] = field(default_factory=list)
     methods: list[str] = field(default_factory=list)
     objective: dict[str, str] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
@@ -110,6 +112,11 @@ class TrialParams(_Record):
     attempt: int = 1
     schema_version: int = SCHEMA_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def slot(self) -> str | None:
+        """A random/TPE trial's slot (`sweep.spec.plan.Plan.sampled_slots`); None for a grid trial."""
+        return self.extra.get("slot")
 
 
 @dataclass
@@ -201,6 +208,15 @@ def ranked_trials(records: list[TrialRecord], key: str, maximize: bool) -> list[
     complete = {r.trial_id: r for r in records if r.state == "complete"}
     values = [(i, selection_value(r.metrics.metrics, key, r.metrics.objective)) for i, r in complete.items()]
     return [complete[trial_id] for trial_id in ranked(values, maximize)]
+
+
+def in_plan(records: list[TrialRecord], meta: SweepRecord) -> list[TrialRecord]:
+    """The trials of the sweep's current plan (its last revision's slots): a grown sweep keeps the trials
+    of grid values, methods, seeds or slots it removed outside it. All trials when there are no revisions."""
+    if not meta.revisions:
+        return records
+    planned = set(meta.revisions[-1]["slots"]) | set(meta.planned_trials)
+    return [r for r in records if r.trial_id in planned or r.params.slot in planned]
 
 
 class TrialFolder:
@@ -352,6 +368,13 @@ class SweepFolder:
                 if params is not None:
                     records.append(TrialRecord(name, params, _metrics_or_none(folder)))
         return records
+
+    def plan_trials(self, all_trials: bool = False) -> tuple[list[TrialRecord], int]:
+        """The started trials of the current plan (`in_plan`), and how many others the folder holds;
+        every trial with `all_trials`."""
+        records = self.trials()
+        kept = records if all_trials else in_plan(records, self.read_sweep())
+        return kept, len(records) - len(kept)
 
     def read_baseline(self) -> SftBaseline | None:
         """The cached SFT baseline, or None when there is none (or it is unreadable, so it is recomputed)."""

@@ -261,22 +261,6 @@ def test_random_and_tpe_sweeps_run_n_trials_per_method(inputs, tmp_path, strateg
     assert "4 done, 0 to run" in run("run", recipe, "--results", tmp_path, "--quiet").output
 
 
-def test_a_changed_plan_is_refused_unless_new(inputs, tmp_path):
-    recipe = write_recipe(inputs, "changed", {"dpo": GRID["dpo"]}, train={"max_steps": 1, "max_length": 48})
-    assert run("run", recipe, "--results", tmp_path, "--quiet").exit_code == 0
-    changed = write_recipe(
-        inputs,
-        "changed",
-        {"dpo": {"beta": [0.2], "learning_rate": [1e-3]}},
-        train={"max_steps": 1, "max_length": 48},
-    )
-    refused = CliRunner().invoke(app, ["run", str(changed), "--results", str(tmp_path), "-q"])
-    assert refused.exit_code == 2
-    assert "different plan (changed: methods)" in refused.output and "--new" in refused.output
-    assert run("run", changed, "--results", tmp_path, "--quiet", "--new").exit_code == 0
-    assert list(trial_files(tmp_path / "changed-2")) == ["dpo-b0.2-lr0.001-s0"]
-
-
 def _wait_for_running_trial(
     sweep: Path, process: subprocess.Popen, timeout: float = 120, done: int = 0
 ) -> None:

@@ -11,6 +11,7 @@ from test_engine import inputs, run, write_recipe  # noqa: F401  (the module-sco
 
 from sweep.engine.folder import open_sweep
 from sweep.engine.queue import claim, close, reconcile, spec_for
+from sweep.spec.methods import REGISTRY
 from sweep.spec.validate import load_recipe
 
 
@@ -56,7 +57,7 @@ def test_grid_points_are_recorded_with_their_distributions_and_importance_finds_
     for trial in trials:
         spec = by_id[trial.user_attrs["posweep"]["trial_id"]]
         assert trial.params["method"] == spec.method and trial.params["variant"] == spec.variant
-        assert trial.distributions["method"] == CategoricalDistribution(["dpo", "tr-dpo"])
+        assert trial.distributions["method"] == CategoricalDistribution(list(REGISTRY))
         assert trial.distributions["variant"] == CategoricalDistribution(["a", "b"])
         for name, value in spec.params.items():
             assert trial.params[f"{spec.method}.{name}"] == value, (spec.trial_id, name)

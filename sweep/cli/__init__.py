@@ -227,11 +227,16 @@ def report(
     failures_as_worst: Annotated[
         bool, typer.Option(help="count failed trials (exception, OOM, dead worker) as the worst value")
     ] = False,
+    all_trials: Annotated[
+        bool, typer.Option(help="include trials outside the current plan (values a grown recipe removed)")
+    ] = False,
 ) -> None:
     """Write robustness tables, figures and a self-contained index.html for finished or running sweeps."""
     from sweep.report import build_report
 
-    folder = build_report(list(sweep_dirs), out=out, metric=metric, failures_as_worst=failures_as_worst)
+    folder = build_report(
+        list(sweep_dirs), out=out, metric=metric, failures_as_worst=failures_as_worst, all_trials=all_trials
+    )
     typer.echo(f"report: {folder / 'index.html'}")
 
 

@@ -1,24 +1,45 @@
-"""Opening a sweep: its folder (a changed plan is refused), its study, its sweep.json and recipe.yaml."""
+"""Opening a sweep: its folder (grown in place or refused), its study, its sweep.json and recipe.yaml.
+
+A plan that only changes the search space grows the folder in place (`sweep.spec.growth`); sweep.json
+keeps one revision per plan; workers follow the folder's current plan.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sweep.engine.queue import Sweep, sampled_ids
+from sweep.engine.queue import ATTR, Sweep, claim, close, in_current_plan, method_choices, sampled_ids
 from sweep.engine.storage import mask_url, open_storage, pruner, sampler, storage_url
 from sweep.errors import UserError
 from sweep.io import file_lock, git_revision, package_versions, utc_now
 from sweep.results import SweepFolder, SweepRecord
+from sweep.spec.growth import growth, meaning_changes
 from sweep.spec.plan import Plan, plan_recipe
 from sweep.spec.recipe import Recipe
 
 
+def stored_recipe(folder: Path) -> Recipe | None:
+    """The recipe a sweep folder's recipe.yaml records, or None when it has none this posweep reads."""
+    import pydantic
+    import yaml
+
+    text = SweepFolder(folder).read_recipe()
+    if text is None:
+        return None
+    try:
+        return Recipe.model_validate(yaml.safe_load(text))
+    except (pydantic.ValidationError, yaml.YAMLError):
+        return None
+
+
 def _choose_folder(recipe: Recipe, root: Path, plan: Plan, new: bool) -> Path:
-    """The sweep folder for this recipe; refuse (or pick a new folder) when its plan changed."""
+    """The sweep folder for this recipe: the existing one when its plan is the same or only grows; with `new`,
+    a new folder for any other plan; else refuse when what a trial means changed."""
     folder = root / recipe.name
     if not SweepFolder(folder).exists():
         return folder
@@ -26,8 +47,15 @@ def _choose_folder(recipe: Recipe, root: Path, plan: Plan, new: bool) -> Path:
     if meta.plan_hash == plan.hash:
         return folder
     if not new:
-        old = meta.plan_sections
-        changed = [k for k, v in plan.section_hashes.items() if old.get(k) != v] or ["plan"]
+        old = stored_recipe(folder)
+        sections = meta.plan_sections
+        changed = (
+            meaning_changes(old, sections, recipe, plan.section_hashes)
+            if old is not None
+            else [k for k, v in plan.section_hashes.items() if sections.get(k) != v] or ["plan"]
+        )
+        if not changed:
+            return folder
         raise UserError(
             f"{folder} holds a sweep of a different plan (changed: {', '.join(changed)}); restore the recipe "
             f"to resume it, or pass --new to start a new sweep folder"
@@ -72,15 +100,46 @@ def open_sweep(
         )
         display = mask_url(url) if url else "journal:study.journal"
         sweep = Sweep(folder, recipe, plan, study, display)
+        unknown = sorted(set(plan.spaces) - set(method_choices(sweep)))
+        if unknown:
+            raise UserError(
+                f"{folder}: its study was started by an older posweep that records only methods "
+                f"{', '.join(method_choices(sweep))}, so it cannot grow by {', '.join(unknown)}; pass --new"
+            )
+        previous = stored_recipe(folder)
         stored = recipe.execution.storage and mask_url(recipe.execution.storage)
         shown = recipe.execution.model_copy(update={"storage": stored})
         sweep.folder.write_recipe(recipe.model_copy(update={"execution": shown}).dump())
-        write_sweep_json(sweep)
+        write_sweep_json(sweep, previous)
     return sweep
 
 
-def write_sweep_json(sweep: Sweep, **timings: Any) -> None:
-    """(Re)write sweep.json, keeping the creation time and any earlier timings."""
+def _revision(number: int, when: str, plan: Plan, changes: dict) -> dict:
+    return {
+        "revision": number,
+        "when": when,
+        "plan_hash": plan.hash,
+        "planned_total": plan.total,
+        **changes,
+        "slots": plan.slots,
+    }
+
+
+def _revisions(sweep: Sweep, old: SweepRecord | None, previous: Recipe | None, now: str) -> list[dict]:
+    """sweep.json's plan revisions, with one appended when the plan is new or grew since the last one (a
+    folder written before revisions were recorded gets its recorded recipe's plan as revision 1)."""
+    revisions = list(old.revisions) if old is not None else []
+    if not revisions and old is not None and previous is not None:
+        revisions = [_revision(1, old.created or now, plan_recipe(previous), {})]
+    if revisions and revisions[-1]["plan_hash"] == sweep.plan.hash:
+        return revisions
+    changes = growth(previous, sweep.recipe) if revisions and previous is not None else {}
+    return [*revisions, _revision(len(revisions) + 1, now, sweep.plan, changes)]
+
+
+def write_sweep_json(sweep: Sweep, previous: Recipe | None = None, **timings: Any) -> None:
+    """(Re)write sweep.json, keeping the creation time, the plan's revisions and any earlier timings;
+    `previous` is the recipe the folder recorded before this one (what a new revision grew from)."""
     folder = sweep.folder
     old = folder.read_sweep() if folder.exists() else None
     planned = [t.trial_id for t in sweep.plan.trials] if sweep.plan.strategy == "grid" else sampled_ids(sweep)
@@ -97,6 +156,7 @@ def write_sweep_json(sweep: Sweep, **timings: Any) -> None:
         strategy=sweep.plan.strategy,
         planned_total=sweep.plan.total,
         planned_trials=planned,
+        revisions=_revisions(sweep, old, previous, now),
         methods=list(sweep.plan.spaces),
         objective={"metric": sweep.recipe.eval.objective, "direction": sweep.recipe.eval.direction},
         versions=package_versions(),
@@ -104,6 +164,31 @@ def write_sweep_json(sweep: Sweep, **timings: Any) -> None:
         extra={**(old.extra if old is not None else {}), **timings},
     )
     folder.write_sweep(record)
+
+
+def current_plan(sweep: Sweep) -> Sweep:
+    """`sweep` with the recipe and plan its folder records now (a worker that joined before the plan grew
+    takes the grown one); recipe.yaml is written before sweep.json, so a new plan hash has its recipe."""
+    if sweep.folder.read_sweep().plan_hash == sweep.plan.hash:
+        return sweep
+    recipe = stored_recipe(sweep.dir)
+    if recipe is None:
+        raise UserError(f"{sweep.dir}: recipe.yaml of the grown plan is unreadable; restart this worker")
+    return dataclasses.replace(sweep, recipe=recipe, plan=plan_recipe(recipe))
+
+
+def claim_planned(sweep: Sweep) -> tuple[Sweep, Any]:
+    """Take the next WAITING trial of the folder's current plan (`queue.claim`), with that plan's sweep.
+
+    A trial claimed that the current plan no longer has (enqueued by a worker whose plan predated a
+    growth that removed it) is closed as outside the plan and the next one taken: never run, never twice.
+    """
+    while True:
+        trial = claim(current_plan(sweep))
+        sweep = current_plan(sweep)  # the plan may have grown while this worker claimed
+        if trial is None or in_current_plan(sweep, trial):
+            return sweep, trial
+        close(sweep, trial, dict(trial.user_attrs[ATTR]), "outside_plan", "plan_changed")
 
 
 def open_sweep_folder(recipe: Recipe, folder: Path, storage: str | None) -> Sweep:
@@ -132,4 +217,25 @@ def sweep_storage(folder: Path, storage: str | None) -> str | None:
         return None
     raise UserError(
         f"{folder}: this sweep's study is in {meta.storage}; pass --storage URL (or env:VAR) to join it"
+    )
+
+
+def record_run(
+    sweep: Sweep, trained: int, trials_s: float, setup_s: float, wall: float, workers: int
+) -> None:
+    """Write a finished run's timings into sweep.json, on the current plan (it may have grown under the run:
+    an older one is never written back); a run that trained nothing keeps the last training run's."""
+    sweep = current_plan(sweep)
+    if not trained:
+        write_sweep_json(sweep, last_run=f"trained nothing ({wall:.1f} s): every planned trial had ended")
+        return
+    overhead = max(0.0, wall - (trials_s + setup_s) / workers)
+    write_sweep_json(
+        sweep,
+        last_run=f"trained {trained} trial(s)",
+        wall_s=round(wall, 3),
+        trials_s=round(trials_s, 3),
+        setup_s=round(setup_s, 3),
+        overhead_s=round(overhead, 3),
+        overhead_fraction=round(overhead / wall, 4) if wall else None,
     )

@@ -3,9 +3,11 @@
 Every trial is an Optuna trial. Grid points are enqueued once (WAITING) and claimed by exactly one
 worker: claiming flips WAITING -> RUNNING through the storage, which is atomic (a row lock in SQL
 databases, a file lock for the journal file). Random/TPE sweeps enqueue one slot per (method, seed,
-k) with only the method (and variant) fixed, and the study's sampler fills in the hyperparameters when
-a worker claims the slot. Every claimed trial records its method, variant and hyperparameters as
-Optuna params with their distributions (grid values as enqueued fixed params). A trial that failed,
+k) with only the method (and variant) fixed, and the study's sampler (seeded with the trial's number, so
+a resumed or grown sweep draws new samples) fills in the hyperparameters when a worker claims the slot.
+Every claimed trial records its method, variant and hyperparameters as Optuna params with their
+distributions (grid values as enqueued fixed params; the method among every registry method, as one
+study keeps one distribution per param and a grown plan adds methods). A trial that failed,
 was interrupted, or whose worker died is re-enqueued under the same posweep id (failures up to
 `execution.max_retries` times); complete ones never run again.
 
@@ -27,9 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from sweep.engine.internals import fix_params, storage_engine, study_id, study_storage, trial_id
+from sweep.engine.storage import sampler
 from sweep.io import file_lock, utc_now
-from sweep.results import SweepFolder, ranked_trials
-from sweep.spec.methods import HYPERPARAMETERS
+from sweep.results import SweepFolder, in_plan, ranked_trials
+from sweep.spec.methods import HYPERPARAMETERS, REGISTRY
 from sweep.spec.plan import Plan, TrialSpec, axis_scale, sampled_trial_id
 from sweep.spec.recipe import Distribution, Recipe
 
@@ -69,14 +72,7 @@ def _planned_slots(sweep: Sweep) -> dict[str, dict]:
     """Every planned unit of work, keyed by slot, with the attributes its Optuna trial carries."""
     if sweep.plan.strategy == "grid":
         return {t.trial_id: {**t.to_json(), "params": dict(t.params)} for t in sweep.plan.trials}
-    slots = {}
-    for variant in sweep.plan.variants:
-        for method in sweep.plan.spaces:
-            for seed in sweep.plan.seeds:
-                for k in range(sweep.plan.n_trials or 0):
-                    slot = f"{variant + '/' if variant else ''}{method}/s{seed}/{k}"
-                    slots[slot] = {"slot": slot, "method": method, "seed": seed, "variant": variant}
-    return slots
+    return {slot["slot"]: slot for slot in sweep.plan.sampled_slots()}
 
 
 def _is_alive(trial, attrs: dict) -> bool:
@@ -234,13 +230,14 @@ def others_running(sweep: Sweep) -> bool:
 def keep_best(sweep: Sweep) -> str | None:
     """`execution.keep: best`: discard every kept model but the best complete trial's; return its id.
 
-    The best trial is the sweep's one ranking (`sweep.results.ranked_trials`) over the trials' metrics.json,
-    decided under the queue lock, so workers finishing at the same time agree.
+    The best trial is the sweep's one ranking (`sweep.results.ranked_trials`) over the current plan's trials'
+    metrics.json, decided under the queue lock, so workers finishing at the same time agree.
     """
     with queue_lock(sweep):
         records = sweep.folder.trials()
         objective = sweep.recipe.eval
-        ranked = ranked_trials(records, objective.objective, objective.direction == "maximize")
+        planned = in_plan(records, sweep.folder.read_sweep())
+        ranked = ranked_trials(planned, objective.objective, objective.direction == "maximize")
         if not ranked:
             return None
         best_id = ranked[0].trial_id
@@ -266,6 +263,20 @@ def claim(sweep: Sweep):
     return None
 
 
+def in_current_plan(sweep: Sweep, trial) -> bool:
+    """Whether a claimed trial is one of this sweep's planned slots (a worker's plan may predate a growth)."""
+    return _slot_key(trial.user_attrs[ATTR]) in set(sweep.plan.slots)
+
+
+def method_choices(sweep: Sweep) -> list[str]:
+    """The choices of the `method` Optuna param: those the study's trials record (Optuna keeps one
+    distribution per param name in a study), else every registry method, so a plan can grow by methods."""
+    for trial in sweep.study.get_trials(deepcopy=False):
+        if "method" in trial.distributions:
+            return list(trial.distributions["method"].choices)
+    return list(REGISTRY)
+
+
 def _suggest_value(trial, key: str, name: str, values, grid: bool) -> float:
     """One hyperparameter as an Optuna param: a range (a grid axis spans its values), or a sampled list."""
     if isinstance(values, Distribution):
@@ -287,7 +298,7 @@ def _suggest(sweep: Sweep, trial, attrs: dict) -> tuple[str, dict[str, float]]:
     """
     grid = sweep.plan.strategy == "grid"
     fix_params(trial, _fixed_params(sweep, attrs))
-    method = trial.suggest_categorical("method", list(sweep.plan.spaces))
+    method = trial.suggest_categorical("method", method_choices(sweep))
     if _variants_swept(sweep):
         trial.suggest_categorical("variant", list(sweep.plan.variants))
     space = dict(sweep.plan.spaces[method])
@@ -302,6 +313,8 @@ def _suggest(sweep: Sweep, trial, attrs: dict) -> tuple[str, dict[str, float]]:
 def spec_for(sweep: Sweep, trial) -> tuple[TrialSpec, dict]:
     """The TrialSpec of a claimed trial (sampling it first for random/TPE) and its posweep attrs."""
     attrs = dict(trial.user_attrs[ATTR])
+    if sweep.plan.strategy != "grid":
+        sweep.study.sampler = sampler(sweep.recipe, trial.number)
     method, params = _suggest(sweep, trial, attrs)
     if sweep.plan.strategy == "grid":
         spec = TrialSpec(
@@ -309,9 +322,8 @@ def spec_for(sweep: Sweep, trial) -> tuple[TrialSpec, dict]:
         )
     else:
         variant = attrs.get("variant")
-        spec = TrialSpec(
-            sampled_trial_id(method, params, attrs["seed"], variant), method, params, attrs["seed"], variant
-        )
+        sampled_id = sampled_trial_id(method, params, attrs["seed"], variant)
+        spec = TrialSpec(sampled_id, method, params, attrs["seed"], variant, attrs["slot"])
         attrs.update(trial_id=spec.trial_id, params=params)
     return spec, attrs
 
@@ -340,10 +352,7 @@ class Heartbeat:
 
 
 def sampled_ids(sweep: Sweep) -> list[str]:
-    return sorted(
-        {
-            t.user_attrs[ATTR]["trial_id"]
-            for t in sweep.study.get_trials(deepcopy=False)
-            if "trial_id" in t.user_attrs.get(ATTR, {})
-        }
-    )
+    """The ids of the random/TPE trials sampled so far in the current plan's slots."""
+    slots = set(sweep.plan.slots)
+    attrs = [t.user_attrs.get(ATTR, {}) for t in sweep.study.get_trials(deepcopy=False)]
+    return sorted({a["trial_id"] for a in attrs if "trial_id" in a and a.get("slot") in slots})

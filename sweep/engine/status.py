@@ -1,7 +1,11 @@
-"""`posweep status`: the trial table, counts by state, the best trial and the time left."""
+"""`posweep status`: the current plan's trials and counts, the best trial, time left, plan revisions.
+
+Each revision of a sweep grown in place shows its planned trials and how many are complete.
+"""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from pathlib import Path
 
@@ -24,10 +28,10 @@ def best_line(trials: list[TrialRecord], meta: SweepRecord) -> str:
 
 
 def summarize(sweep_dir: Path) -> str:
-    """One line: counts by state and the best trial."""
+    """One line: counts by state of the current plan's trials and the best one."""
     folder = SweepFolder(sweep_dir)
     meta = folder.read_sweep()
-    trials = folder.trials()
+    trials, _ = folder.plan_trials()
     counts: dict[str, int] = {}
     for trial in trials:
         counts[trial.state] = counts.get(trial.state, 0) + 1
@@ -37,15 +41,15 @@ def summarize(sweep_dir: Path) -> str:
 
 
 def failed_trials(sweep_dir: Path) -> list[str]:
-    """Ids of the trials whose last attempt failed."""
-    return [trial.trial_id for trial in SweepFolder(sweep_dir).trials() if trial.state == "failed"]
+    """Ids of the current plan's trials whose last attempt failed."""
+    return [trial.trial_id for trial in SweepFolder(sweep_dir).plan_trials()[0] if trial.state == "failed"]
 
 
 def status_code(sweep_dir: Path) -> int:
     """`posweep status`'s exit code: 1 when the sweep has finished (every planned trial ended) and a trial
     failed, else 0 (a sweep still running or interrupted is not judged)."""
     folder = SweepFolder(sweep_dir)
-    trials = folder.trials()
+    trials, _ = folder.plan_trials()
     planned = folder.read_sweep().planned_total or len(trials)
     finished = len(trials) >= planned and all(trial.state in ENDED for trial in trials)
     return 1 if finished and any(trial.state == "failed" for trial in trials) else 0
@@ -85,6 +89,27 @@ def _error_text(trial: TrialRecord) -> str:
     return f"{error.get('reason')}: {error.get('type')}: {error.get('message', '')}"[:80] if error else ""
 
 
+def revision_lines(sweep_dir: Path) -> list[str]:
+    """One line per plan revision: when, what it added or removed, its planned and complete trials."""
+    folder = SweepFolder(sweep_dir)
+    revisions = folder.read_sweep().revisions
+    records = folder.trials()
+    complete = {key for r in records if r.state == "complete" for key in (r.trial_id, r.params.slot)}
+    lines = []
+    for revision in revisions:
+        changes = "; ".join(
+            f"{key} {json.dumps(revision[key], separators=(',', ':'))}"
+            for key in ("methods", "values", "seeds", "n_trials")
+            if key in revision
+        )
+        done = sum(slot in complete for slot in revision["slots"])
+        lines.append(
+            f"revision {revision['revision']} ({revision['when']}): {revision['planned_total']} planned, "
+            f"{done} complete" + (f"; {changes}" if changes else "")
+        )
+    return lines
+
+
 def print_status(sweep_dir: Path) -> int:
     """`posweep status`: a table of trial states and objectives, counts, elapsed and remaining time."""
     from rich.console import Console
@@ -92,7 +117,7 @@ def print_status(sweep_dir: Path) -> int:
 
     folder = SweepFolder(sweep_dir).require()
     meta = folder.read_sweep()
-    trials = folder.trials()
+    trials, left_out = folder.plan_trials()
     table = Table("trial", "method", "state", meta.metric, "seconds", "error", box=None)
     for trial in trials:
         objective = None if trial.metrics is None else trial.metrics.objective
@@ -110,6 +135,10 @@ def print_status(sweep_dir: Path) -> int:
     if stage_means(trials):
         console.print(stage_table(trials))
     console.print(summarize(sweep_dir))
+    if left_out:
+        console.print(f"{left_out} trial(s) outside the current plan (values, methods or seeds removed)")
+    for line in revision_lines(sweep_dir):
+        console.print(line)
     finished = [t.metrics for t in trials if t.state != RUNNING]
     durations = [m.time_s.get("total") for m in finished if m.time_s.get("total")]
     created = datetime.fromisoformat(meta.created)

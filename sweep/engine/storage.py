@@ -122,11 +122,12 @@ def check_reachable(url: str) -> None:
         raise UserError(f"storage {mask_url(url)}: {_masked(first_line(error), url)}") from None
 
 
-def sampler(recipe: Recipe):
-    """The study's sampler: TPE or random, seeded with the recipe's first seed."""
+def sampler(recipe: Recipe, trial_number: int = 0):
+    """The sampler of one trial: TPE or random, seeded with the recipe's first seed plus the trial's number,
+    so no two trials of a study draw the same sample (a resumed or grown sweep, workers started together)."""
     import optuna
 
-    seed = recipe.search.seeds[0]
+    seed = recipe.search.seeds[0] + trial_number
     if recipe.search.strategy == "tpe":
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, recipe.search.n_trials or 10))
     return optuna.samplers.RandomSampler(seed=seed)

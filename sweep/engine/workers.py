@@ -16,17 +16,18 @@ from pathlib import Path
 
 from sweep.engine.folder import (
     Sweep,
+    claim_planned,
     open_sweep,
     open_sweep_folder,
+    record_run,
     removed_on_failure,
     sweep_storage,
-    write_sweep_json,
 )
 from sweep.engine.launch import TrialGroup, gpu_envs
 from sweep.engine.live import RunningTrials
 from sweep.engine.preflight import cpu_threads, is_disk_error, preflight, workers_hint
 from sweep.engine.progress import Event, Progress
-from sweep.engine.queue import Heartbeat, claim, close, keep_best, others_running, reconcile, spec_for, start
+from sweep.engine.queue import Heartbeat, close, keep_best, others_running, reconcile, spec_for, start
 from sweep.engine.status import failed_trials, summarize
 from sweep.errors import UserError
 from sweep.io import utc_now
@@ -73,7 +74,7 @@ def worker_loop(
     ran = 0
     while max_trials is None or ran < max_trials:
         raise_if_stopped()
-        trial = claim(sweep)
+        sweep, trial = claim_planned(sweep)
         if trial is None:
             if reconcile(sweep)["queued"] == 0:
                 if others_running(sweep):
@@ -312,19 +313,7 @@ def _run(recipe, results, storage, max_trials, new, quiet, locate, envs, started
         return _disk_full(progress, full)
     summary = summarize(sweep.dir)
     wall = time.perf_counter() - started
-    if progress.seen:
-        overhead = max(0.0, wall - (progress.trial_s + progress.setup_s) / len(envs))
-        write_sweep_json(
-            sweep,
-            last_run=f"trained {len(progress.seen)} trial(s)",
-            wall_s=round(wall, 3),
-            trials_s=round(progress.trial_s, 3),
-            setup_s=round(progress.setup_s, 3),
-            overhead_s=round(overhead, 3),
-            overhead_fraction=round(overhead / wall, 4) if wall else None,
-        )
-    else:  # the timings stay those of the last run that trained: this one has no work to measure
-        write_sweep_json(sweep, last_run=f"trained nothing ({wall:.1f} s): every planned trial had ended")
+    record_run(sweep, len(progress.seen), progress.trial_s, progress.setup_s, wall, len(envs))
     progress.log(summary)
     if interrupted is not None:
         how = "terminated (SIGTERM)" if isinstance(interrupted, Terminated) else "interrupted"

@@ -20,7 +20,14 @@ from sweep.report.canvas import PlotData
 from sweep.report.figures import draw_figures
 from sweep.report.html import render_html
 from sweep.report.importance import write_importance
-from sweep.report.load import load_sweeps, load_trials, read_trials, sft_length, sweep_progress
+from sweep.report.load import (
+    left_out_lines,
+    load_sweeps,
+    load_trials,
+    read_trials,
+    sft_length,
+    sweep_progress,
+)
 from sweep.report.robustness import (
     BUDGETS,
     Objective,
@@ -87,13 +94,15 @@ def build_report(
     metric: str | None = None,
     console=None,
     failures_as_worst: bool = False,
+    all_trials: bool = False,
 ) -> Path:
-    """Write trials.csv, robustness.csv, figures and index.html for the sweeps; return the report folder."""
-    sweeps = load_sweeps(sweep_dirs)
+    """Write trials.csv, robustness.csv, figures and index.html for the sweeps (the trials of each one's
+    current plan, or all of them with `all_trials`); return the report folder."""
+    sweeps = load_sweeps(sweep_dirs, all_trials)
     trials, objective = resolve_objective(sweeps, read_trials(sweeps), metric, failures_as_worst)
     columns = group_columns(trials)
     robustness = robustness_table(trials, objective, columns)
-    warnings = grid_warnings(robustness)
+    warnings = left_out_lines(sweeps) + grid_warnings(robustness)
     report_dir = Path(out) if out is not None else sweeps[0].path / "report"
     write_text(report_dir / "trials.csv", trials.to_csv(index=False))
     write_text(report_dir / "robustness.csv", robustness.to_csv(index=False))

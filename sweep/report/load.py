@@ -21,12 +21,15 @@ _NOT_METRICS = frozenset(
 
 @dataclass(frozen=True)
 class SweepInfo:
-    """One sweep folder: its sweep.json, its recipe text and the name it is shown under."""
+    """One sweep folder: its sweep.json, its recipe text, the name it is shown under, and its trials (those of
+    the current plan unless all were asked for) with how many others were left out."""
 
     path: Path
     name: str
     meta: dict
     recipe: str | None
+    trials: list[TrialRecord]
+    left_out: int = 0
 
     @property
     def planned(self) -> int:
@@ -39,8 +42,9 @@ class SweepInfo:
         return SweepFolder(self.path)
 
 
-def load_sweeps(sweep_dirs: list[Path]) -> list[SweepInfo]:
-    """Read each folder's sweep.json and recipe.yaml; one sweep per distinct folder, names made unique."""
+def load_sweeps(sweep_dirs: list[Path], all_trials: bool = False) -> list[SweepInfo]:
+    """Read each folder's sweep.json, recipe.yaml and trials (the current plan's, or all with `all_trials`);
+    one sweep per distinct folder, names made unique."""
     dirs = list(dict.fromkeys(Path(d).resolve() for d in sweep_dirs))
     if not dirs:
         raise UserError("no results folder given")
@@ -57,7 +61,18 @@ def load_sweeps(sweep_dirs: list[Path]) -> list[SweepInfo]:
             else [str(p) for p in dirs]
         )
     recipes = [SweepFolder(p).read_recipe() for p in dirs]
-    return [SweepInfo(p, n, m, r) for p, n, m, r in zip(dirs, names, metas, recipes)]
+    trials = [SweepFolder(p).plan_trials(all_trials) for p in dirs]
+    return [SweepInfo(p, n, m, r, *t) for p, n, m, r, t in zip(dirs, names, metas, recipes, trials)]
+
+
+def left_out_lines(sweeps: list[SweepInfo]) -> list[str]:
+    """One line per sweep whose report leaves trials outside its current plan out."""
+    return [
+        f"{sweep.name}: {sweep.left_out} trial(s) outside the current plan left out (grid values, methods or "
+        "seeds removed from the recipe; --all-trials includes them)"
+        for sweep in sweeps
+        if sweep.left_out
+    ]
 
 
 def _flatten(prefix: str, mapping: dict, out: dict, skip: frozenset = frozenset()) -> None:
@@ -109,7 +124,7 @@ def _trial_record(sweep: str, trial: TrialRecord) -> dict:
 
 
 def _sweep_records(sweep: SweepInfo) -> list[dict]:
-    records = [_trial_record(sweep.name, trial) for trial in sweep.folder.trials()]
+    records = [_trial_record(sweep.name, trial) for trial in sweep.trials]
     if not records:
         raise UserError(f"{sweep.path} has no trials yet (no trials/*/params.json)")
     return records

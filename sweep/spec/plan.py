@@ -27,6 +27,8 @@ class TrialSpec:
     params: Mapping[str, float]
     seed: int
     variant: str | None = None
+    slot: str | None = None
+    """A random/TPE trial's slot (`Plan.sampled_slots`); a grid trial's slot is its id."""
 
     def to_json(self) -> dict:
         """A JSON-ready dict of this spec."""
@@ -36,6 +38,7 @@ class TrialSpec:
             "params": dict(self.params),
             "seed": self.seed,
             "variant": self.variant,
+            **({"slot": self.slot} if self.slot else {}),
         }
 
 
@@ -57,6 +60,25 @@ class Plan:
         if self.strategy == "grid":
             return len(self.trials)
         return (self.n_trials or 0) * len(self.spaces) * len(self.seeds) * len(self.variants)
+
+    def sampled_slots(self) -> list[dict]:
+        """A random/TPE plan's units of work, one per (variant, method, seed, k < n_trials): each slot's key
+        (`[variant/]method/s{seed}/{k}`, the same whatever n_trials is), method, seed and variant."""
+        return [
+            {"slot": f"{variant + '/' if variant else ''}{method}/s{seed}/{k}", "method": method,
+             "seed": seed, "variant": variant}
+            for variant in self.variants
+            for method in self.spaces
+            for seed in self.seeds
+            for k in range(self.n_trials or 0)
+        ]  # fmt: skip
+
+    @property
+    def slots(self) -> list[str]:
+        """Every planned unit of work's key: a grid trial's id, or a random/TPE slot."""
+        if self.strategy == "grid":
+            return [t.trial_id for t in self.trials]
+        return [slot["slot"] for slot in self.sampled_slots()]
 
     @property
     def hash(self) -> str:

@@ -218,13 +218,14 @@ def export_trial(
     locate: Locate = as_given,
     log: Callable[[str], None] = print,
 ) -> Exported:
-    """Write trial `trial_id` (default: the best complete one) as a Hugging Face folder at `out`."""
+    """Write trial `trial_id` (default: the current plan's best complete one) as a Hugging Face folder."""
     folder = SweepFolder(sweep_dir).require()
     out = Path(out)
     if out.exists():
         raise UserError(f"{out} already exists; export writes a new folder")
     meta = folder.read_sweep()
-    ranked = ranked_trials(folder.trials(), meta.metric, meta.maximize)
+    records = folder.trials() if trial_id is not None else folder.plan_trials()[0]
+    ranked = ranked_trials(records, meta.metric, meta.maximize)
     record = _choose(ranked, folder, trial_id)
     given = _recipe(folder)
     recipe = given.located(locate)

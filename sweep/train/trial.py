@@ -171,7 +171,9 @@ class Worker:
         if note is not None:
             self.log(f"{spec.trial_id}: warning: {note}")
         notes = {"notes": [note]} if note else {}
-        params = TrialParams(**spec.to_json(), trl_fields=fields, attempt=attempt, extra=notes)
+        given = spec.to_json()
+        slot = {"slot": given.pop("slot")} if "slot" in given else {}
+        params = TrialParams(**given, trl_fields=fields, attempt=attempt, extra={**notes, **slot})
         folder.start(params)
         outcome = Outcome(stages=Stages(clock))
         try:
