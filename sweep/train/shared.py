@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import datasets
 import torch
 
 from sweep.io import atomic_dir, file_lock, json_digest, package_versions, write_bytes
+from sweep.train import hooks
 from sweep.train.hooks import dataset_fingerprint
 
 CACHE_FORMAT = 1
@@ -87,6 +89,27 @@ class SharedTraining:
                     write_bytes(path, buffer.getvalue())
             self._references[key] = values
         return self._references[key]
+
+    def supply_reference(self, trainer, reference, identity: Any, paired: bool) -> float | None:
+        """Give TRL the shared reference log-probabilities (of `reference`, known as `identity`) as
+        precomputed columns, computing them when no worker has yet; return the seconds spent computing (None
+        when they came from the cache, or when the trainer computes its own)."""
+        data = hooks.data_key(trainer)
+        if data is None or hooks.computes_own_reference(trainer):
+            return None
+        computed = []
+
+        def compute() -> dict[str, torch.Tensor]:
+            started = time.perf_counter()
+            batch = REFERENCE_BATCH_FACTOR * trainer.args.per_device_train_batch_size
+            values = hooks.reference_logps(trainer, reference, batch, paired=paired)
+            computed.append(time.perf_counter() - started)
+            return values
+
+        key = self.key("reference", data=data, reference=identity, precision=hooks.precision_flags(trainer))
+        values = self.reference(key, compute)
+        hooks.use_precomputed_reference(trainer, reference_columns(values, hooks.ld_alpha(trainer)))
+        return computed[0] if computed else None
 
     def rows(self, key: str) -> dict[str, dict]:
         """The memo of tokenized rows for one tokenizing setup (kept in memory only)."""

@@ -63,7 +63,7 @@ from sweep.train.outcome import (
     metrics_record,
     result_from,
 )
-from sweep.train.shared import REFERENCE_BATCH_FACTOR, SharedTraining, _model_stamp, reference_columns
+from sweep.train.shared import SharedTraining, _model_stamp
 from sweep.train.stages import Stages
 from sweep.train.trackers import TrackedRun, check_installed
 
@@ -248,7 +248,10 @@ class Worker:
             trainer = self._trainer(spec, method, policy, reference, folder.scratch, callback)
         raise_if_stopped()  # a stop swallowed while TRL prepared the data (datasets catches everything)
         stages.enter("ref_logps")
-        reference_s = self._supply_reference(trainer, method) if method.reference == "fixed" else None
+        reference_s = None
+        if self.reference_cache and method.reference == "fixed":
+            paired = method.data == "paired"
+            reference_s = self.shared.supply_reference(trainer, self.sft, self._reference_identity, paired)
         stages.enter("train")
         output = trainer.train()
         rows, world_size = len(trainer.train_dataset), trainer.args.world_size
@@ -323,27 +326,6 @@ class Worker:
         if sync is not None:
             trainer.add_callback(sync)
         return trainer
-
-    def _supply_reference(self, trainer, method: Method) -> float | None:
-        """Give TRL the shared reference log-probabilities as precomputed columns, computing them when no
-        worker has yet; return the seconds spent computing (None when they came from the cache or are off)."""
-        key = hooks.data_key(trainer)
-        if not self.reference_cache or key is None or hooks.computes_own_reference(trainer):
-            return None
-        computed = []
-
-        def compute() -> dict[str, torch.Tensor]:
-            started = time.perf_counter()
-            batch = REFERENCE_BATCH_FACTOR * trainer.args.per_device_train_batch_size
-            values = hooks.reference_logps(trainer, self.sft, batch, paired=method.data == "paired")
-            computed.append(time.perf_counter() - started)
-            return values
-
-        precision = hooks.precision_flags(trainer)
-        key = self.shared.key("reference", data=key, reference=self._reference_identity, precision=precision)
-        values = self.shared.reference(key, compute)
-        hooks.use_precomputed_reference(trainer, reference_columns(values, hooks.ld_alpha(trainer)))
-        return computed[0] if computed else None
 
     def _evaluate(self, policy, folder: TrialFolder, outcome: Outcome) -> None:
         """Evaluate the trained policy and set the objective (a pruned trial keeps its last quick value)."""
