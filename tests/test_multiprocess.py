@@ -170,7 +170,7 @@ def training(trial: Path, attempt: int) -> bool:
 
 
 def test_a_killed_rank_is_retried_and_sigterm_or_a_dead_worker_stops_every_rank(inputs, tmp_path):
-    recipe = group_recipe(inputs, "faults", [0.1], steps=20, max_retries=1)
+    recipe = group_recipe(inputs, "faults", [0.1], steps=80, max_retries=1)  # outlasts every kill below
     trial = tmp_path / "faults" / "trials" / "dpo-b0.1-lr0.001-s0"
     sweep = start_run(recipe, tmp_path)
     with killed_at_exit(sweep):

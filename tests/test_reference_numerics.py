@@ -21,6 +21,13 @@ from sweep.train.trial import Worker
 
 pytestmark = pytest.mark.slow
 STEPS = 4
+BATCH_SHAPE_NOISE = 1e-5
+"""Loss gap allowed between the cached reference (computed in batches of its own shape) and an in-batch one.
+
+Under bf16 autocast a batch of another shape (the cache's batches are 4x the training batch, padded to
+their own longest pair) can round one bf16 activation differently: measured 0 alone and 1.6e-6 on the first
+loss in a full-suite run on 2 cores. The bug this guards against (a bf16 reference beside an fp32 policy)
+put the first loss at 0.69274, 4.1e-4 from ln 2: 40x this bound."""
 
 
 def distinct_words(prompts, responses) -> list[float]:
@@ -73,7 +80,7 @@ def test_the_checkpoint_is_bf16_and_the_policy_trains_in_fp32_under_bf16_autocas
 def test_an_unmoved_dpo_policy_starts_at_ln2_and_its_kl_to_sft_is_zero(unmoved):
     worker, results = unmoved
     first = losses(worker, "dpo")[0]
-    assert abs(first - math.log(2)) < 1e-6, first
+    assert abs(first - math.log(2)) < BATCH_SHAPE_NOISE, first
     metrics = results["dpo"].metrics
     assert abs(metrics["kl_to_sft"]) < 1e-7 and abs(metrics["kl_to_sft_mc"]) < 1e-7, metrics["kl_to_sft"]
     samples = worker.results.trial("dpo").read_samples()
@@ -86,4 +93,4 @@ def test_dpo_with_the_shared_cache_and_tr_dpo_past_its_steps_are_one_computation
     worker, _ = unmoved
     dpo, tr = losses(worker, "dpo"), losses(worker, "tr-dpo")
     assert len(dpo) == len(tr) == STEPS
-    assert dpo == pytest.approx(tr, abs=1e-6, rel=0), (dpo, tr)  # measured: at most 1.2e-7 (2 float32 ulps)
+    assert dpo == pytest.approx(tr, abs=BATCH_SHAPE_NOISE, rel=0), (dpo, tr)

@@ -207,7 +207,7 @@ def running(process: dict) -> bool:
         return False
 
 
-def watch_worker(worker: dict, every: float = 1.0) -> threading.Thread:
+def watch_worker(worker: dict, every: float = 0.25) -> threading.Thread:
     """Start a daemon thread in a rank that stops the whole group once the worker that launched it is gone:
     SIGTERM to the launcher (this rank's parent), which stops every rank; SIGTERM to this rank when the
     launcher is gone too."""
