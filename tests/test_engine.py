@@ -163,6 +163,7 @@ def test_grid_sweep_writes_the_layout_and_a_rerun_trains_nothing(inputs, tmp_pat
         assert record["state"] == "complete" and isinstance(record["objective"], float)
         assert {"load", "train", "generate", "judge", "kl", "total"} <= set(record["time_s"])
         assert sum(record["stages_s"].values()) == pytest.approx(record["time_s"]["total"], rel=0.02)
+        assert 0 < record["stages_s"]["claim"] < record["time_s"]["total"]  # the engine's wait for the claim
         assert record["win_rate_vs_sft"] == record["objective"]
         assert [json.loads(line)["step"] for line in (folder / "train_log.jsonl").read_text().splitlines()]
         assert len((folder / "samples.jsonl").read_text().splitlines()) == N_EVAL

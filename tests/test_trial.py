@@ -121,7 +121,7 @@ def losses(worker, trial_id) -> list:
 @pytest.mark.parametrize("method", ["dpo", "ln-dpo", "simpo", "kto", "tr-dpo"])
 def test_trial_trains_and_writes_its_files(worker, method):
     before = {k: v.clone() for k, v in worker.sft.state_dict().items()}
-    result = worker.run(spec(f"{method}-1", method, beta=0.5), attempt=2)
+    result = worker.run(spec(f"{method}-1", method, beta=0.5), attempt=2, waited_s=0.25)
     assert (result.state, result.error) == ("complete", None)
     folder = worker.trial_dir(result.trial_id)
     assert sorted(p.name for p in folder.iterdir()) == ["metrics.json", "params.json", "train_log.jsonl"]
@@ -134,6 +134,10 @@ def test_trial_trains_and_writes_its_files(worker, method):
     assert set(metrics["time_s"]) - {"ref_logps"} == {"load", "train", "generate", "judge", "kl", "total"}
     assert metrics["time_s"]["total"] >= metrics["time_s"]["train"] > 0
     assert_stages_cover(metrics)
+    # the engine's planted wait for the claim is the first stage and counted once in the trial's wall time
+    assert metrics["stages_s"]["claim"] == 0.25 and next(iter(metrics["stages_s"])) == "claim"
+    rest = sum(seconds for name, seconds in metrics["stages_s"].items() if name != "claim")
+    assert metrics["time_s"]["total"] - rest == pytest.approx(0.25, abs=0.005)
     assert metrics["train"]["steps"] == 4
     assert metrics["objective"] == result.objective == metrics["train"]["loss"]
     assert math.isfinite(result.objective)

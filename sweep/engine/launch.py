@@ -73,9 +73,9 @@ class TrialGroup:
         self.results = SweepFolder(sweep_dir)
         self.setup_s = 0.0
 
-    def run(self, spec: TrialSpec, attempt: int = 1, report=None) -> TrialResult:
+    def run(self, spec: TrialSpec, attempt: int = 1, report=None, waited_s: float = 0.0) -> TrialResult:
         """Run one trial over `execution.processes_per_trial` processes and return rank 0's result (`report`
-        is unused: recipes with a pruner are rejected for launched trials)."""
+        is unused: recipes with a pruner are rejected for launched trials; rank 0 records `waited_s`)."""
         folder = self.results.trial(spec.trial_id)
         recorded = folder.read_metrics()
         if recorded is not None and recorded.state == "complete":
@@ -85,7 +85,8 @@ class TrialGroup:
             job, output = Path(scratch) / "job.json", Path(scratch) / "output.log"
             write_json(job, {
                 "recipe": self.recipe.dump(), "sweep": str(self.results.path), "spec": spec.to_json(),
-                "attempt": attempt, "device": self.device, "worker": identity(psutil.Process()),
+                "attempt": attempt, "waited_s": waited_s, "device": self.device,
+                "worker": identity(psutil.Process()),
             })  # fmt: skip
             with output.open("wb") as sink:
                 launcher = self._start(job, sink)

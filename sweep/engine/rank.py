@@ -57,7 +57,7 @@ def main(job_file: str) -> int:
     if rank == 0:
         result = Worker(
             recipe, job["sweep"], device, _relay, evaluator_factory(recipe, job["sweep"], device, _relay)
-        ).run(spec, attempt=job["attempt"])
+        ).run(spec, attempt=job["attempt"], waited_s=job["waited_s"])
         return 0 if result.state != "failed" else 1
     quiet = recipe.model_copy(
         update={

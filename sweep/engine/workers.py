@@ -72,6 +72,7 @@ def worker_loop(
         evaluator = evaluator_factory(recipe, folder, device, log)
         worker = Worker(recipe, folder, device=device, log=log, evaluator_factory=evaluator)
     ran = 0
+    waiting = time.perf_counter()
     while max_trials is None or ran < max_trials:
         raise_if_stopped()
         sweep, trial = claim_planned(sweep)
@@ -99,7 +100,8 @@ def worker_loop(
         started = time.perf_counter()
         try:
             with Heartbeat(sweep, trial, attrs):
-                result = worker.run(spec, attempt=attrs.get("attempt", 1), report=report)
+                waited = started - waiting
+                result = worker.run(spec, attempt=attrs.get("attempt", 1), report=report, waited_s=waited)
         except KeyboardInterrupt as error:
             why = "terminated" if isinstance(error, Terminated) else "interrupted"
             close(sweep, trial, attrs, "interrupted", why)
@@ -125,6 +127,7 @@ def worker_loop(
             Event(spec.trial_id, result.state, result.objective, seconds, reason, attempt, trial_s, setup)
         )
         ran += 1
+        waiting = time.perf_counter()
     return ran
 
 

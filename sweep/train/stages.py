@@ -7,20 +7,23 @@ import time
 import torch
 
 STAGES = (
-    *("setup", "load", "build", "ref_logps", "train"),
+    *("claim", "setup", "load", "build", "ref_logps", "train"),
     *("generate", "judge", "kl", "evaluate", "save", "cleanup"),
 )
-"""The stages in the order a trial meets them; `evaluate`: the evaluator's time besides generate/judge/kl."""
+"""The stages in the order a trial meets them; `claim`: the worker's wait for this trial since its last one
+ended (or since it was ready), timed by the engine; `evaluate`: the evaluator's time besides
+generate/judge/kl."""
 
 
 class Stages:
     """Laps over one trial: `enter(name)` ends the running stage and starts `name`, so the stages add up to
     the wall time from construction to `close()` by construction; `carve` moves seconds a callee timed
-    itself (the evaluator's generate/judge/kl) out of the running stage. On a GPU each stage also keeps
-    its peak memory (`peak_mb`: torch.cuda.max_memory_allocated, reset as each stage starts)."""
+    itself (the evaluator's generate/judge/kl) out of the running stage; `claim_s` is the wait that came
+    before `start` (the trial's wall time counts it). On a GPU each stage also keeps its peak memory
+    (`peak_mb`: torch.cuda.max_memory_allocated, reset as each stage starts)."""
 
-    def __init__(self, start: float | None = None):
-        self._seconds: dict[str, float] = {}
+    def __init__(self, start: float | None = None, claim_s: float = 0.0):
+        self._seconds: dict[str, float] = {"claim": claim_s} if claim_s else {}
         self.peak_mb: dict[str, float] = {}
         self._cuda = torch.cuda.is_available()  # the caller reset the peak counter as the trial began
         self._current = "setup"

@@ -154,9 +154,14 @@ class Worker:
         return self.results.trial(trial_id).path
 
     def run(
-        self, spec: TrialSpec, attempt: int = 1, report: Callable[[int, float], bool] | None = None
+        self,
+        spec: TrialSpec,
+        attempt: int = 1,
+        report: Callable[[int, float], bool] | None = None,
+        waited_s: float = 0.0,
     ) -> TrialResult:
-        """Train, evaluate and record one trial; `report(step, value)` returning True prunes it."""
+        """Train, evaluate and record one trial; `report(step, value)` returning True prunes it; `waited_s`,
+        the engine's wait for this trial's claim, is its first stage."""
         folder = self.results.trial(spec.trial_id)
         recorded = folder.read_metrics()
         if recorded is not None and recorded.state == "complete":
@@ -164,7 +169,8 @@ class Worker:
         method = get_method(spec.method)
         self.trials_run += 1
         reset_cuda_peak()
-        started, clock, setup = utc_now(), time.perf_counter(), self.setup_s
+        started, now, setup = utc_now(), time.perf_counter(), self.setup_s
+        clock = now - waited_s
         fields = method.trl_fields(spec.params)
         steps = planned_steps(self.recipe.train, len(self.pairs(spec.variant)))
         note = trust_region_note(method, fields, steps)
@@ -175,7 +181,7 @@ class Worker:
         slot = {"slot": given.pop("slot")} if "slot" in given else {}
         params = TrialParams(**given, trl_fields=fields, attempt=attempt, extra={**notes, **slot})
         folder.start(params)
-        outcome = Outcome(stages=Stages(clock))
+        outcome = Outcome(stages=Stages(now, claim_s=waited_s))
         try:
             with TrackedRun(
                 self.recipe.train.report_to, self.results.name, spec, folder.tensorboard
