@@ -14,7 +14,9 @@ from sweep.errors import UserError
 from sweep.evaluate import estimators as stats
 from sweep.evaluate.evaluator import Evaluator
 from sweep.evaluate.generation import Decoding, generate, sequence_logps, stop_ids, teacher_forced_kl
+from sweep.evaluate.scores import ScoreMemo
 from sweep.hf.formats import encode_prompt, one_format, templated
+from sweep.hf.judges import Judge
 from sweep.io import read_jsonl
 from sweep.spec.metrics import objective_keys, selection_value
 from sweep.spec.recipe import Recipe
@@ -214,6 +216,30 @@ def test_stop_ids_include_the_generation_configs_eos(tokenizer):
     assert stop_ids(model, tokenizer) == [tokenizer.eos_token_id, 4]
 
 
+class CountingJudge(Judge):
+    """Scores len(prompt) + 10·len(response) and records every (prompt, response) it is asked for."""
+
+    def __init__(self):
+        super().__init__("rm", primary=True)
+        self.asked = []
+
+    def _score(self, prompts, responses):
+        self.asked.append(list(zip(prompts, responses)))
+        return [len(prompt) + 10 * len(response) for prompt, response in zip(prompts, responses)]
+
+
+def test_the_score_memo_reuses_known_scores_and_judges_each_missing_response_once():
+    memo, judge = ScoreMemo(["p0", "prompt1"]), CountingJudge()
+    memo.remember("rm", [0, 1], ["x", "x"], [-1.0, -2.0])
+    scores = memo.scores(judge, [0, 0, 1, 1, 0, 1], ["x", "yy", "x", "yy", "yy", "x"])
+    assert scores.tolist() == [-1.0, 22.0, -2.0, 27.0, 22.0, -2.0]
+    assert judge.asked == [[("p0", "yy"), ("prompt1", "yy")]]  # one call, each missing pair once
+    fresh = CountingJudge()
+    fresh.name = "len"  # nothing known for this judge: every distinct pair is judged, once
+    assert memo.scores(fresh, [1, 1, 0], ["x", "x", "x"]).tolist() == [17.0, 17.0, 12.0]
+    assert fresh.asked == [[("prompt1", "x"), ("p0", "x")]]
+
+
 # ------------------------------------------------------------------------------------------ Evaluator
 
 
@@ -317,7 +343,7 @@ def test_the_sft_model_against_itself_ties(sweep_env, tokenizer, tmp_path):
             assert metrics[prefix + "win_rate_vs_sft_ci"] == [0.5, 0.5]
             assert metrics[prefix + "lc_win_rate_vs_sft"] == 0.5
         assert metrics["kl_to_sft"] == 0.0
-        baseline = ev.baseline["metrics"]
+        baseline = ev.baseline.metrics
         assert metrics["length_mean"] == baseline["length_mean"]
         assert metrics["win_rate_vs_chosen"] == baseline["win_rate_vs_chosen"]
 
@@ -346,7 +372,8 @@ def test_baseline_is_cached_per_sweep_and_recomputed_when_settings_change(sweep_
     second = evaluator(sweep_env, tokenizer, tmp_path, logs)
     assert logs[1] == "SFT baseline: reused cache/sft_baseline.json"
     assert second.baseline == first.baseline
-    assert {"key", "responses", "lengths", "scores", "reference_scores", "metrics"} <= set(first.baseline)
+    cached = first.baseline.to_json()  # the typed record as cache/sft_baseline.json holds it
+    assert {"key", "responses", "lengths", "scores", "reference_scores", "metrics"} <= set(cached)
     evaluator(sweep_env, tokenizer, tmp_path, logs, objective="len.win_rate_vs_sft", kl_samples=2)
     evaluator(sweep_env, tokenizer, tmp_path, logs, max_new_tokens=3)
     assert [line.split()[2] for line in logs] == ["generated", "reused", "reused", "generated"]

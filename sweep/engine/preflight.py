@@ -283,6 +283,7 @@ def _trainers_and_judges(
     say: Callable[[str], None],
 ) -> SftBaseline:
     """Build each method family's trainer, the evaluator (SFT baseline) and probe every judge."""
+    from sweep.evaluate.evaluated import prompt_rows
     from sweep.evaluate.evaluator import Evaluator
     from sweep.train.trial import Worker
 
@@ -313,7 +314,7 @@ def _trainers_and_judges(
             raise _judge_blamed(recipe, error) or _as_field("eval", error) from None
         baseline = folder.read_baseline()
         count = min(JUDGE_PROBE, len(baseline.responses))
-        rows = [index for index in range(len(evaluator.items)) for _ in range(recipe.eval.samples_per_prompt)]
+        rows = prompt_rows(range(len(evaluator.items)), recipe.eval.samples_per_prompt)
         probe = [evaluator.items[index].prompt for index in rows[:count]]
         scored = []
         for judge in evaluator.judges:

@@ -1,1 +1,1 @@
-"""Evaluation: generation, the SFT baseline and the evaluator, and the estimators behind its metrics."""
+"""Evaluation: generation, the SFT baseline, the evaluator, and the metrics, records, estimators it uses."""

@@ -39,6 +39,11 @@ class Judge:
         self.name = name
         self.primary = primary
 
+    @property
+    def prefix(self) -> str:
+        """The prefix of its metric and samples.jsonl keys: none for the primary judge, else `NAME.`."""
+        return "" if self.primary else f"{self.name}."
+
     def score(self, prompts: Sequence, responses: Sequence[str]) -> list[float]:
         """One score per (prompt, response) pair."""
         if len(prompts) != len(responses):

@@ -23,7 +23,6 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import datasets
 import psutil
@@ -63,6 +62,7 @@ from sweep.train.outcome import (
     metrics_record,
     result_from,
 )
+from sweep.train.protocol import EvaluatorFactory, PolicyEvaluator
 from sweep.train.shared import SharedTraining, _model_stamp
 from sweep.train.stages import Stages
 from sweep.train.trackers import TrackedRun, check_installed
@@ -83,7 +83,7 @@ class Worker:
         sweep_dir: str | Path,
         device: str = "cpu",
         log: Callable[[str], None] = print,
-        evaluator_factory: Callable[[Any, Any, bool], Any] | None = None,
+        evaluator_factory: EvaluatorFactory | None = None,
         train_dataset: datasets.Dataset | None = None,
         reference_cache: bool = True,
         results: SweepFolder | None = None,
@@ -95,7 +95,7 @@ class Worker:
         self.device = device
         self.log = log
         self._evaluator_factory = evaluator_factory
-        self._evaluator = None
+        self._evaluator: PolicyEvaluator | None = None
         self._lora = lora_config(recipe.model.lora) if recipe.model.lora else None
         check_installed(recipe.train.report_to)
         model_path = recipe.model.path
@@ -141,7 +141,7 @@ class Worker:
         return self.recipe.eval.direction if self._evaluator_factory else "minimize"
 
     @property
-    def evaluator(self):
+    def evaluator(self) -> PolicyEvaluator | None:
         """The evaluator (created on first use), or None when the objective is the training loss."""
         if self._evaluator is None and self._evaluator_factory is not None:
             started = time.perf_counter()
