@@ -183,6 +183,7 @@ def test_grid_sweep_writes_the_layout_and_a_rerun_trains_nothing(inputs, tmp_pat
         trained.setdefault(trial_id.split("-b")[0], []).append(record["stages_s"]["train"])
     means = stage_means(SweepFolder(sweep).trials())
     assert set(means) == set(trained) and "where the time went" in status.output
+    assert all(list(stages)[:2] == ["claim", "setup"] for stages in means.values())  # in stage order
     for method, values in trained.items():
         assert means[method]["train"] == pytest.approx(sum(values) / len(values), abs=1e-6)
         assert f"{means[method]['train']:.2f}" in status.output

@@ -10,6 +10,7 @@ from datetime import datetime
 from pathlib import Path
 
 from sweep.results import RUNNING, SweepFolder, SweepRecord, TrialRecord, ranked_trials
+from sweep.spec.metrics import in_stage_order
 
 ENDED = ("complete", "diverged", "pruned", "failed")
 
@@ -63,7 +64,7 @@ def stage_means(trials: list[TrialRecord]) -> dict[str, dict[str, float]]:
             collected.setdefault(trial.params.method or "?", []).append(trial.metrics.stages_s)
     means = {}
     for method, records in collected.items():
-        names = list(dict.fromkeys(name for record in records for name in record))
+        names = in_stage_order(name for record in records for name in record)
         means[method] = {name: sum(r.get(name, 0.0) for r in records) / len(records) for name in names}
     return means
 

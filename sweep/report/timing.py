@@ -5,13 +5,15 @@ from __future__ import annotations
 import pandas as pd
 
 from sweep.report.canvas import PlotData, figure, legend
+from sweep.spec.metrics import in_stage_order
 
 STAGE_PREFIX = "stage_s."
 
 
 def stage_columns(trials: pd.DataFrame) -> list[str]:
-    """The trials' stage columns, in the order the trials met them."""
-    return [c for c in trials.columns if c.startswith(STAGE_PREFIX)]
+    """The trials' stage columns, in the order a trial meets its stages."""
+    names = in_stage_order(c.removeprefix(STAGE_PREFIX) for c in trials.columns if c.startswith(STAGE_PREFIX))
+    return [STAGE_PREFIX + name for name in names]
 
 
 def stage_means(data: PlotData) -> pd.DataFrame:

@@ -128,3 +128,18 @@ def axis_label(key: str) -> str:
     found = CATALOG.get(name)
     label = found.axis_label if found else name
     return f"{label}, judge '{judge}'" if judge else label
+
+
+STAGES = (
+    *("claim", "setup", "load", "build", "ref_logps", "train"),
+    *("generate", "judge", "kl", "evaluate", "save", "cleanup"),
+)
+"""The stages of a trial's wall time (metrics.json stages_s) in the order a trial meets them; `claim`: the
+worker's wait for this trial since its last one ended (or since it was ready), timed by the engine;
+`evaluate`: the evaluator's time besides generate/judge/kl."""
+
+
+def in_stage_order(names: Iterable[str]) -> list[str]:
+    """Stage names in the order a trial meets them (unknown names last, in the order given)."""
+    names = list(dict.fromkeys(names))
+    return sorted(names, key=lambda name: STAGES.index(name) if name in STAGES else len(STAGES))

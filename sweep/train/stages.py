@@ -6,13 +6,7 @@ import time
 
 import torch
 
-STAGES = (
-    *("claim", "setup", "load", "build", "ref_logps", "train"),
-    *("generate", "judge", "kl", "evaluate", "save", "cleanup"),
-)
-"""The stages in the order a trial meets them; `claim`: the worker's wait for this trial since its last one
-ended (or since it was ready), timed by the engine; `evaluate`: the evaluator's time besides
-generate/judge/kl."""
+from sweep.spec.metrics import in_stage_order
 
 
 class Stages:
@@ -50,7 +44,6 @@ class Stages:
         self._since += seconds
 
     def close(self, now: float | None = None) -> dict[str, float]:
-        """End the running stage (at `now`); the seconds per stage, to 0.1 ms, in STAGES order."""
+        """End the running stage (at `now`); the seconds per stage, to 0.1 ms, in stage order."""
         self.enter(self._current, now)
-        ordered = sorted(self._seconds, key=lambda n: STAGES.index(n) if n in STAGES else len(STAGES))
-        return {name: round(self._seconds[name], 4) for name in ordered}
+        return {name: round(self._seconds[name], 4) for name in in_stage_order(self._seconds)}
