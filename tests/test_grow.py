@@ -133,3 +133,20 @@ def test_n_trials_grows_by_one_trial_continuing_the_study(inputs, tmp_path, stra
     assert sorted(meta["planned_trials"]) == sorted(metrics)
     params = json.loads((sweep / "trials" / new / "params.json").read_text())
     assert params["slot"] == "dpo/s0/2"
+
+
+def test_a_point_drawn_twice_is_a_trial_per_slot_so_the_plan_completes(inputs, tmp_path):  # noqa: F811
+    """A random search over a one-point space draws the same point for every slot: each slot still gets a
+    trial of its own (one folder had stood for both, and status said 1 complete of 2 planned)."""
+    space = {"dpo": {"beta": [0.1], "learning_rate": [1e-3]}}
+    recipe = write_recipe(inputs, "drawn", space, search={"strategy": "random", "n_trials": 2}, train=TRAIN)
+    assert run("run", recipe, "--results", tmp_path, "-q").exit_code == 0
+    sweep = tmp_path / "drawn"
+    metrics = trial_files(sweep)
+    first = min(metrics)
+    assert sorted(metrics) == [first, f"{first}-slot1"]
+    slots = {json.loads((sweep / "trials" / t / "params.json").read_text())["slot"] for t in metrics}
+    assert slots == {"dpo/s0/0", "dpo/s0/1"}
+    assert metrics[first]["objective"] == metrics[f"{first}-slot1"]["objective"]  # same point, same seed
+    status = run("status", sweep)
+    assert status.exit_code == 0 and "2 complete of 2 planned" in status.output, status.output
