@@ -325,7 +325,7 @@ def spec_for(sweep: Sweep, trial) -> tuple[TrialSpec, dict]:
         sampled_id = sampled_trial_id(method, params, attrs["seed"], variant)
         held = sweep.folder.trial(sampled_id).read_params()
         if held is not None and held.slot not in (None, attrs["slot"]):
-            # the sampler drew a point another slot already trained (a small discrete space): a trial of its own
+            # the sampler drew a point another slot already trained (a small discrete space): its own trial
             sampled_id = f"{sampled_id}-slot{attrs['slot'].rsplit('/', 1)[-1]}"
         spec = TrialSpec(sampled_id, method, params, attrs["seed"], variant, attrs["slot"])
         attrs.update(trial_id=spec.trial_id, params=params)
