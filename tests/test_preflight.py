@@ -327,12 +327,17 @@ def test_validate_deep_reports_counts_and_size_and_writes_nothing(inputs, tmp_pa
 
 
 def test_run_hands_the_preflight_baseline_to_the_sweep(inputs, tmp_path):
-    """The SFT baseline the preflight generated is the one the trials reuse (not generated again)."""
+    """The SFT baseline the preflight generated is the one the trials reuse (not generated again); a run's
+    only worker is the preflight's, loaded once, and the sets it tokenized are in the sweep's cache."""
     result, _ = invoke(inputs, tmp_path, recipe(inputs, **{"train.max_steps": 1}))
     assert result.exit_code == 0, result.output
     assert "preflight: SFT baseline generated" in result.output
-    assert "SFT baseline: reused cache/sft_baseline.json" in result.output
-    assert "SFT baseline: generated" not in result.output
+    assert "worker: the preflight's model, data, tokenized training sets, judges and SFT baseline reused" in (
+        result.output
+    )
+    assert "SFT baseline: generated" not in result.output and "SFT baseline: reused" not in result.output
+    prepared = tmp_path / "results" / "pf" / "cache" / "prepared"
+    assert len([p for p in prepared.iterdir() if p.is_dir()]) == 1  # the DPO trainer's tokenized pairs
     again, _ = invoke(inputs, tmp_path, recipe(inputs, **{"train.max_steps": 1}))
     assert again.exit_code == 0 and "preflight: SFT baseline reused" in again.output
     assert "1 done, 0 to run" in again.output

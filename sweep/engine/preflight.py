@@ -24,6 +24,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sweep.engine.storage import check_reachable, storage_url
 from sweep.errors import UserError
@@ -42,9 +43,24 @@ JUDGE_PROBE = 4
 
 @dataclass
 class Checked:
-    """What the preflight leaves for the sweep: the SFT baseline to hand to the sweep folder."""
+    """What the preflight leaves for the sweep: the SFT baseline to hand to the sweep folder, and (when asked
+    to keep it) its loaded worker and evaluator with the temporary folder they worked in."""
 
     baseline: SftBaseline | None = None
+    warm: tuple[Any, Any] | None = None
+    staging: tempfile.TemporaryDirectory | None = None
+
+    def warm_worker(self, recipe: Recipe, folder: SweepFolder, log: Callable[[str], None], factory):
+        """The preflight's loaded worker, now serving `folder` (its model, data, tokenized training sets and
+        evaluator reused), or None when it was not kept or checked another recipe; taken once."""
+        warm, self.warm = self.warm, None
+        if warm is None or warm[0].recipe != recipe:
+            return None
+        worker, evaluator = warm
+        worker.serve(folder.path, log, factory, evaluator)
+        self.staging.cleanup()
+        log("worker: the preflight's model, data, tokenized training sets, judges and SFT baseline reused")
+        return worker
 
     def hand_over(self, folder: SweepFolder) -> None:
         """Store the SFT baseline in the sweep folder, where workers reuse it (unless it holds this one)."""
@@ -203,8 +219,10 @@ def preflight(
     device: str,
     log: Callable[[str], None],
     existing: SweepFolder | None = None,
+    keep_worker: bool = False,
 ) -> Checked:
-    """Check a located recipe end to end without writing under the results folder; raise UserError."""
+    """Check a located recipe end to end without writing under the results folder; raise UserError.
+    `keep_worker`: keep the loaded worker for the sweep (`Checked.warm_worker`) instead of freeing it."""
     started = time.perf_counter()
     checked = Checked()
 
@@ -218,8 +236,17 @@ def preflight(
     where_storage = "--storage" if storage is not None else "execution.storage"
     reach = _storage(storage or recipe.execution.storage, where_storage)
     say(f"results folder {root} writable ({free}); storage: {reach}")
-    with tempfile.TemporaryDirectory(prefix="posweep-preflight-") as staging:
-        checked.baseline = _models_data_judges(recipe, plan, device, Path(staging), existing, say)
+    staging = tempfile.TemporaryDirectory(prefix="posweep-preflight-")
+    try:
+        checked.baseline, warm = _models_data_judges(recipe, plan, device, Path(staging.name), existing, say)
+    except BaseException:
+        staging.cleanup()
+        raise
+    if keep_worker:
+        checked.warm, checked.staging = warm, staging
+    else:
+        del warm
+        _release(staging)
     say(f"ok in {time.perf_counter() - started:.1f} s")
     return checked
 
@@ -281,8 +308,9 @@ def _trainers_and_judges(
     staging: Path,
     existing: SweepFolder | None,
     say: Callable[[str], None],
-) -> SftBaseline:
-    """Build each method family's trainer, the evaluator (SFT baseline) and probe every judge."""
+) -> tuple[SftBaseline, tuple[Any, Any]]:
+    """Build each method family's trainer, the evaluator (SFT baseline) and probe every judge; return the
+    baseline, and the worker and evaluator that did it."""
     from sweep.evaluate.evaluated import prompt_rows
     from sweep.evaluate.evaluator import Evaluator
     from sweep.train.trial import Worker
@@ -326,11 +354,12 @@ def _trainers_and_judges(
             scored.append(f"{judge.name} mean {mean:.4g}")
         reused = "reused" if held is not None and held.key == baseline.key else "generated"
         say(f"SFT baseline {reused}: {len(baseline.responses)} responses; judges: {', '.join(scored)}")
-        return baseline
-    finally:
+        return baseline, (worker, evaluator)
+    except BaseException:
         del worker
         gc.collect()
         _empty_device_cache()
+        raise
 
 
 def _as_field(name: str, error: Exception) -> UserError:
@@ -338,6 +367,13 @@ def _as_field(name: str, error: Exception) -> UserError:
     text = str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {first_line(error)}"
     named = isinstance(error, UserError) and text.split(":")[0].split(".")[0] in ("data", "model", "judge")
     return UserError(first_line(UserError(text)) if named else f"{name}: {first_line(UserError(text))}")
+
+
+def _release(staging: tempfile.TemporaryDirectory) -> None:
+    """Free what the preflight loaded (the caller dropped its references) and remove its folder."""
+    gc.collect()
+    _empty_device_cache()
+    staging.cleanup()
 
 
 def _empty_device_cache() -> None:

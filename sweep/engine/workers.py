@@ -25,7 +25,7 @@ from sweep.engine.folder import (
 )
 from sweep.engine.launch import TrialGroup, gpu_envs
 from sweep.engine.live import RunningTrials
-from sweep.engine.preflight import cpu_threads, is_disk_error, preflight, workers_hint
+from sweep.engine.preflight import Checked, cpu_threads, is_disk_error, preflight, workers_hint
 from sweep.engine.progress import Event, Progress
 from sweep.engine.queue import Heartbeat, close, keep_best, others_running, reconcile, spec_for, start
 from sweep.engine.status import failed_trials, summarize
@@ -52,12 +52,14 @@ def worker_loop(
     log: Callable[[str], None],
     setup_s: float = 0.0,
     locate: Locate = as_given,
+    checked: Checked | None = None,
 ) -> int:
     """Claim and run trials until none is left (or max_trials ran); return how many ran.
 
     `setup_s` (time this process already spent importing) and the worker's own setup are reported
     with the first finished trial, so the sweep can tell orchestration overhead from work. `locate`
-    turns the recipe's references into loadable ones (the entry points pass the built-in resolver).
+    turns the recipe's references into loadable ones (the entry points pass the built-in resolver);
+    `checked`, a preflight of this process, may hold its loaded worker, which then runs the trials.
     """
     importing = time.perf_counter()
     from sweep.evaluate.evaluator import evaluator_factory
@@ -70,7 +72,8 @@ def worker_loop(
         worker = TrialGroup(recipe, folder, device, log)
     else:
         evaluator = evaluator_factory(recipe, folder, device, log)
-        worker = Worker(recipe, folder, device=device, log=log, evaluator_factory=evaluator)
+        warm = checked.warm_worker(recipe, sweep.folder, log, evaluator) if checked else None
+        worker = warm or Worker(recipe, folder, device=device, log=log, evaluator_factory=evaluator)
     ran = 0
     waiting = time.perf_counter()
     while max_trials is None or ran < max_trials:
@@ -282,7 +285,8 @@ def _run(recipe, results, storage, max_trials, new, quiet, locate, envs, started
     """The body of `run_sweep`, with SIGTERM raising Terminated."""
     root = Path(results if results is not None else recipe.execution.results_dir)
     device = _preflight_device(envs)
-    checked = preflight(recipe.located(locate), results, storage, device, log, _existing(root, recipe))
+    alone = len(envs) == 1 and not launched(recipe)  # this process is the only worker: it keeps what loaded
+    checked = preflight(recipe.located(locate), results, storage, device, log, _existing(root, recipe), alone)
     if hint := workers_hint(envs):
         log(hint)
     with removed_on_failure(root / recipe.name):
@@ -302,7 +306,7 @@ def _run(recipe, results, storage, max_trials, new, quiet, locate, envs, started
             configure_process(envs[0])
             setup_s = time.perf_counter() - importing
             device = envs[0]["POSWEEP_DEVICE"]
-            worker_loop(sweep, device, max_trials, progress, progress.log, setup_s, locate)
+            worker_loop(sweep, device, max_trials, progress, progress.log, setup_s, locate, checked)
         else:
             storage = storage or recipe.execution.storage
             crashed = _run_processes(sweep, envs, storage, max_trials, progress, locate)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 import gc
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from sweep.hf.quiet import no_progress_bars
 from sweep.io import utc_now
 from sweep.results import TrialMetrics
 from sweep.train.stages import Stages
@@ -98,3 +101,15 @@ def free_memory(freeze: bool = False) -> None:
         gc.freeze()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def save_weights(policy, tokenizer, folder: Path, merged: bool) -> None:
+    """Save a trained policy and its tokenizer into `folder` (a LoRA policy's adapters, and with `merged` also
+    the merged model in fp32, so no update is rounded away, under `folder/merged`)."""
+    with no_progress_bars():
+        policy.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        if merged:
+            full = copy.deepcopy(policy).float().merge_and_unload()
+            full.save_pretrained(folder / "merged")
+            tokenizer.save_pretrained(folder / "merged")

@@ -75,6 +75,16 @@ class SharedTraining:
                 self._prepared[key] = datasets.load_from_disk(str(folder))
         return self._prepared[key]
 
+    def move_to(self, cache_dir: str | Path) -> None:
+        """Use `cache_dir` from now on, storing there the tokenized sets held in memory (for other workers and
+        resumed sweeps); reference log-probabilities are computed and stored as trials need them."""
+        self.cache_dir = Path(cache_dir)
+        for key, dataset in self._prepared.items():
+            folder = self.cache_dir / "prepared" / key
+            with file_lock(folder.with_suffix(".lock")):
+                if not folder.is_dir():
+                    _store(folder, dataset)
+
     def reference(self, key: str, compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """Reference log-probabilities for `key`: from memory, from the cache, or computed now and stored."""
         if key not in self._references:

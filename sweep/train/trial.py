@@ -61,6 +61,7 @@ from sweep.train.outcome import (
     is_oom,
     metrics_record,
     result_from,
+    save_weights,
 )
 from sweep.train.protocol import EvaluatorFactory, PolicyEvaluator
 from sweep.train.shared import SharedTraining, _model_stamp
@@ -130,6 +131,14 @@ class Worker:
         }
         self.trials_run = 0
         self.setup_s = time.perf_counter() - started
+
+    def serve(self, sweep_dir: str | Path, log: Callable[[str], None], evaluator_factory, evaluator) -> None:
+        """Work for the sweep in `sweep_dir` from now on (the preflight's worker, handed to the sweep it
+        checked): files, shared cache and log go there; model, data, tokenized sets and `evaluator` stay."""
+        self.sweep_dir, self.results, self.log = Path(sweep_dir), SweepFolder(sweep_dir), log
+        self.results.record_training_data(self.length_counts)
+        self.shared.move_to(self.results.cache)
+        self._evaluator_factory, self._evaluator = evaluator_factory, evaluator
 
     def pairs(self, variant: str | None = None) -> datasets.Dataset:
         """The training pairs of a data variant (all loaded when the worker starts)."""
@@ -381,10 +390,5 @@ class Worker:
         wanted = ("complete",) if keep == "best" else ("complete", "pruned")
         if keep == "none" or outcome.state not in wanted:
             return
-        with no_progress_bars():
-            policy.save_pretrained(folder.model)
-            self.tokenizer.save_pretrained(folder.model)
-            if self._lora is not None and self.recipe.model.lora.save_merged:
-                merged = copy.deepcopy(policy).float().merge_and_unload()  # fp32: no update rounded away
-                merged.save_pretrained(folder.model / "merged")
-                self.tokenizer.save_pretrained(folder.model / "merged")
+        merged = self._lora is not None and self.recipe.model.lora.save_merged
+        save_weights(policy, self.tokenizer, folder.model, merged)
