@@ -13,7 +13,8 @@ and runs it
 
 It prints both wall times, peak memory (the kernel's RSS high-water mark of each process tree, from wait4),
 per-trial medians, the mean seconds per trial stage of both sides (metrics.json stages_s), the
-posweep/baseline ratio, posweep's orchestration overhead (wall time spent neither in trials, nor in Python's
+posweep/baseline ratio and its floor (posweep's imports and training steps alone over the baseline's wall),
+posweep's orchestration overhead (wall time spent neither in trials, nor in Python's
 start and library imports (timed alone), nor in the worker's one-off loading of model, tokenizer, judges and
 SFT baseline), and the largest difference of objective, kl_to_sft and length_mean between the two sides for
 the same trials. With --repeats N every figure is the median of N
@@ -274,6 +275,14 @@ def report(
         "per trial, median)"
     )
     print(f"posweep/baseline wall ratio: {ratio:.3f} (target <= {TARGETS['ratio']})")
+    floor = statistics.median(
+        (c["startup_s"] + sum(stage(r, "train") for r in x.trials.values())) / y.wall_s
+        for c, x, y in zip(costs, posweep, baseline)
+    )
+    print(
+        f"  floor {floor:.3f}: posweep's Python start and imports plus its trials' train stage over the "
+        "baseline's wall (what no sharing removes)"
+    )
     if len(posweep) > 1:
         walls = ", ".join(f"{x.wall_s:.1f}/{y.wall_s:.1f}" for x, y in zip(posweep, baseline))
         print(f"  each run, posweep/baseline wall (s): {walls}")
