@@ -54,11 +54,15 @@ class Checked:
         """The preflight's loaded worker, now serving `folder` (its model, data, tokenized training sets and
         evaluator reused), or None when it was not kept or checked another recipe; taken once."""
         warm, self.warm = self.warm, None
-        if warm is None or warm[0].recipe != recipe:
+        if warm is None:
             return None
         worker, evaluator = warm
-        worker.serve(folder.path, log, factory, evaluator)
-        self.staging.cleanup()
+        try:
+            if worker.recipe != recipe:
+                return None
+            worker.serve(folder.path, log, factory, evaluator)  # copies the tokenized sets out first
+        finally:
+            self.staging.cleanup()
         log("worker: the preflight's model, data, tokenized training sets, judges and SFT baseline reused")
         return worker
 
