@@ -229,6 +229,22 @@ def test_interrupt_is_recorded_and_re_raised(worker, monkeypatch):
     assert (metrics["state"], metrics["objective"]) == ("interrupted", None)
 
 
+def test_a_stop_during_the_cleanup_of_an_ended_trial_still_records_it(worker, monkeypatch):
+    """A SIGTERM that lands while an ended trial frees its memory (seen in a --workers 2 SIGTERM run: the
+    trial was left with params.json and no metrics.json) is raised after metrics.json is written."""
+    import sweep.train.trial as trial_module
+
+    def stop(**kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trial_module, "free_memory", stop)
+    with pytest.raises(KeyboardInterrupt):
+        worker.run(spec("stopped-late"))
+    metrics = read_json(worker.trial_dir("stopped-late") / "metrics.json")
+    assert metrics["state"] == "complete" and math.isfinite(metrics["objective"])
+    assert "cleanup" in metrics["stages_s"]
+
+
 def test_stale_folder_is_cleared_and_complete_trial_is_untouched(worker):
     folder = worker.trial_dir("stale")
     folder.mkdir(parents=True)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import copy
 import gc
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
 
+from sweep.hf.loading import cuda_memory
 from sweep.hf.quiet import no_progress_bars
 from sweep.io import utc_now
 from sweep.results import TrialMetrics
@@ -113,3 +116,15 @@ def save_weights(policy, tokenizer, folder: Path, merged: bool) -> None:
             full = copy.deepcopy(policy).float().merge_and_unload()
             full.save_pretrained(folder / "merged")
             tokenizer.save_pretrained(folder / "merged")
+
+
+def worker_block(trial: int, setup_s: float) -> dict[str, Any]:
+    """metrics.json's `worker` block: the process, its trial count and one-off setup seconds, its resident
+    memory in MiB and, on a GPU, what it holds."""
+    return {
+        "pid": os.getpid(),
+        "trial": trial,
+        "setup_s": round(setup_s, 3),
+        "rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
+        **cuda_memory(),
+    }

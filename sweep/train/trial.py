@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import tempfile
 import time
 import traceback
@@ -25,13 +24,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import datasets
-import psutil
 import torch
 from transformers import PrinterCallback, TrainerCallback, set_seed
 
 from sweep.hf.data import is_conversational, load_pairs
 from sweep.hf.formats import one_format
-from sweep.hf.loading import cuda_memory, load_object, load_policy, load_policy_tokenizer, reset_cuda_peak
+from sweep.hf.loading import load_object, load_policy, load_policy_tokenizer, reset_cuda_peak
 from sweep.hf.quiet import no_progress_bars
 from sweep.io import utc_now
 from sweep.results import SweepFolder, TrialFolder, TrialParams
@@ -62,6 +60,7 @@ from sweep.train.outcome import (
     metrics_record,
     result_from,
     save_weights,
+    worker_block,
 )
 from sweep.train.protocol import EvaluatorFactory, PolicyEvaluator
 from sweep.train.shared import SharedTraining, _model_stamp
@@ -210,11 +209,23 @@ class Worker:
             folder.write_traceback(traceback.format_exc())
             self.log(f"{spec.trial_id}: failed: {outcome.error['type']}: {outcome.error['message']}")
         finally:
-            outcome.stages.enter("cleanup")
+            stopped = self._clean_up(folder, outcome)
+        result = self._write_metrics(spec, folder, outcome, started, clock + self.setup_s - setup, attempt)
+        if stopped is not None:
+            raise stopped  # the trial had ended before the stop came: it is recorded as it ended
+        return result
+
+    def _clean_up(self, folder: TrialFolder, outcome: Outcome) -> KeyboardInterrupt | None:
+        """Remove the trial's scratch files and free its memory; a stop that lands here is returned, not
+        raised, so that the trial is still recorded."""
+        outcome.stages.enter("cleanup")
+        try:
             folder.discard_scratch()
             hooks.restore_forward(self.sft)
             free_memory(freeze=self.trials_run == 1)
-        return self._write_metrics(spec, folder, outcome, started, clock + self.setup_s - setup, attempt)
+        except KeyboardInterrupt as stop:
+            return stop
+        return None
 
     def render(self, spec: TrialSpec) -> str:
         """Build the trial's TRL trainer without training (TRL tokenizes the data); show its first example."""
@@ -372,13 +383,7 @@ class Worker:
         attempt: int,
     ) -> TrialResult:
         """Write metrics.json (the trial's last file) and return the result."""
-        worker = {
-            "pid": os.getpid(),
-            "trial": self.trials_run,
-            "setup_s": round(self.setup_s, 3),
-            "rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
-            **cuda_memory(),
-        }
+        worker = worker_block(self.trials_run, self.setup_s)
         record = metrics_record(spec.trial_id, outcome, started, clock, attempt, worker)
         folder.write_metrics(record)
         return result_from(record)
