@@ -69,10 +69,8 @@ class SharedTraining:
             self._prepared[key] = _prepared_together(self.cache_dir / "prepared" / key, prepare)
         if key not in self._prepared:
             folder = self.cache_dir / "prepared" / key
-            with file_lock(folder.with_suffix(".lock")):
-                if not folder.is_dir():
-                    _store(folder, prepare())
-                self._prepared[key] = datasets.load_from_disk(str(folder))
+            _store_once(folder, prepare)
+            self._prepared[key] = datasets.load_from_disk(str(folder))
         return self._prepared[key]
 
     def move_to(self, cache_dir: str | Path) -> None:
@@ -80,10 +78,7 @@ class SharedTraining:
         resumed sweeps); reference log-probabilities are computed and stored as trials need them."""
         self.cache_dir = Path(cache_dir)
         for key, dataset in self._prepared.items():
-            folder = self.cache_dir / "prepared" / key
-            with file_lock(folder.with_suffix(".lock")):
-                if not folder.is_dir():
-                    _store(folder, dataset)
+            _store_once(self.cache_dir / "prepared" / key, lambda dataset=dataset: dataset)
 
     def reference(self, key: str, compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """Reference log-probabilities for `key`: from memory, from the cache, or computed now and stored."""
@@ -145,6 +140,13 @@ def _prepared_together(folder: Path, prepare: Callable[[], datasets.Dataset]) ->
                     _store(folder, dataset)
         torch.distributed.barrier()
     return datasets.load_from_disk(str(folder))
+
+
+def _store_once(folder: Path, prepare: Callable[[], datasets.Dataset]) -> None:
+    """Store `prepare()` as the cached training set `folder` unless a worker already has (under its lock)."""
+    with file_lock(folder.with_suffix(".lock")):
+        if not folder.is_dir():
+            _store(folder, prepare())
 
 
 def _store(folder: Path, dataset: datasets.Dataset) -> None:
